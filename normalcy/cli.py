@@ -1,0 +1,159 @@
+"""The `normalcy` command line: thin argument parsing over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from normalcy.errors import NormalcyError
+
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 2, 3
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as JSON when possible (numbers, lists, true/false/null)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return key.strip().replace("-", "_"), value
+
+
+def detector_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword parameters for a detector from the common options."""
+    params = dict(args.param or [])
+    for opt in ("image_size", "alpha", "backbone", "weights", "resize_mode"):
+        value = getattr(args, opt, None)
+        if value is not None:
+            params[opt] = value
+    return params
+
+
+def add_detector_options(p: argparse.ArgumentParser, detector_default: str = "patchcore") -> None:
+    p.add_argument("--detector", default=detector_default, help="registered detector name(s), comma separated")
+    p.add_argument("--image-size", type=int, help="square network input size (default 256)")
+    p.add_argument("--resize-mode", choices=("stretch", "pad"), help="how images of other shapes are fitted")
+    p.add_argument("--backbone", help="backbone name (default efficientnet_lite0)")
+    p.add_argument("--weights", help="local backbone weights file (.pth/.safetensors); never downloaded")
+    p.add_argument("--param", action="append", type=parse_param, metavar="KEY=VALUE",
+                   help="any other detector parameter, e.g. --param coreset_ratio=0.05 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="normalcy", description="Learn what normal looks like; flag what is not.")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate a synthetic inspection set, fit, evaluate, write overlays")
+    p.add_argument("-o", "--out", default="normalcy-demo", help="output folder (default ./normalcy-demo)")
+    p.add_argument("--detector", default="patchcore")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("fit", help="fit a detector on normal images and save one model file")
+    p.add_argument("data", help="an MVTec category folder (uses train/good) or a folder of normal images")
+    p.add_argument("-o", "--out", required=True, help="model file to write, e.g. model.normalcy")
+    p.add_argument("--alpha", type=float, help="target false-alarm rate stored as the default (0.01)")
+    add_detector_options(p)
+
+    p = sub.add_parser("predict", help="score images with a saved model; write results.csv/jsonl + overlays")
+    p.add_argument("model", help="a .normalcy model file")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--alpha", type=float, help="target false-alarm rate (default: the model's)")
+    p.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate of the defect mask (default 0.001)")
+    p.add_argument("--no-images", action="store_true", help="do not write overlay and mask PNGs")
+
+    p = sub.add_parser("bench", help="fit + evaluate detectors on MVTec-layout folders, print tables")
+    p.add_argument("data", help="a category folder or a root of category folders")
+    p.add_argument("--json", help="write the results as JSON to this file")
+    p.add_argument("--timing-images", type=int, default=20, help="images timed at batch 1 (default 20)")
+    add_detector_options(p)
+
+    sub.add_parser("bench-vector", help="tables/texts/series benchmark against PyOD (see docs/vector.md)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench-vector":
+        from normalcy.bench.vector import main as vector_main
+
+        return vector_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except NormalcyError as exc:
+        print(f"normalcy: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("normalcy: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from normalcy.demo import run_demo
+
+    run_demo(Path(args.out), detector=args.detector, seed=args.seed)
+    return EXIT_OK
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from normalcy.data import find_categories, load_folder, load_mvtec
+    from normalcy.detectors import create_detector
+    from normalcy.errors import LayoutError
+
+    data = Path(args.data)
+    try:
+        cats = find_categories(data)
+        if len(cats) > 1:
+            raise LayoutError(f"{data} holds {len(cats)} categories; fit one category folder at a time")
+        train, _ = load_mvtec(cats[0]) if (cats[0] / "test").exists() else (load_folder(cats[0] / "train/good"), [])
+    except LayoutError:
+        if (data / "train").exists():
+            raise
+        train = load_folder(data)
+    det = create_detector(args.detector, **detector_params(args))
+    print(f"fitting {args.detector} on {len(train)} normal images from {data}")
+    det.fit(train)
+    path = det.save(args.out)
+    cal = det.calibration_
+    print(f"saved {path} (calibration: {cal.method}, {cal.n} normal scores; alpha={det.alpha})")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from normalcy.predict_io import predict_to_folder
+
+    n_rows, n_failed = predict_to_folder(
+        args.model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
+        write_images=not args.no_images,
+    )
+    print(f"{n_rows} rows written to {args.out}/results.csv and results.jsonl ({n_failed} failed)")
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from normalcy.bench.images import run_image_bench
+
+    detectors = [d.strip() for d in args.detector.split(",") if d.strip()]
+    run_image_bench(args.data, detectors, detector_params(args), args.json, args.timing_images)
+    return EXIT_OK
+
+
+COMMANDS = {"demo": cmd_demo, "fit": cmd_fit, "predict": cmd_predict, "bench": cmd_bench}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The one protocol every detector follows: `fit` on normal data, `score`/`predict` on new data.
+
+`Detector` owns what is the same for all methods: validation, the calibration hold-out (or cross-fitting),
+conformal p-values, severity and pixel masks. A method implements only `_fit(items)` and `_score(items)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from normalcy.calibrate import Calibration, calibration_folds, check_alpha, pixel_quantiles
+from normalcy.errors import ParameterError
+from normalcy.estimator import Estimator
+
+
+@dataclass
+class ScoreResult:
+    """Raw detector output: one score per item (higher = more anomalous) and optional per-item maps."""
+
+    scores: np.ndarray
+    maps: list[np.ndarray] | None = None
+
+
+@dataclass
+class Prediction:
+    """A calibrated decision for one item; `status="error"` rows carry the reason instead of a score."""
+
+    score: float = float("nan")
+    p_value: float = float("nan")
+    is_anomaly: bool = False
+    severity: str = "normal"
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
+    path: str | None = None
+    status: str = "ok"
+    error: str = ""
+
+    @property
+    def defect_area(self) -> int:
+        """Number of pixels in the calibrated defect mask (0 without a mask)."""
+        return int(self.mask.sum()) if self.mask is not None else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {
+            "path": self.path,
+            "score": None if not np.isfinite(self.score) else float(self.score),
+            "p_value": None if not np.isfinite(self.p_value) else float(self.p_value),
+            "is_anomaly": bool(self.is_anomaly),
+            "severity": self.severity,
+            "defect_area": self.defect_area,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+def take(items: Any, idx: np.ndarray) -> Any:
+    """Subset a list or an array by integer indices."""
+    if isinstance(items, np.ndarray):
+        return items[idx]
+    return [items[int(i)] for i in idx]
+
+
+class Detector(Estimator):
+    """Base class. Subclasses list their parameters in `__init__` (stored as-is) and implement the hooks."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "image"  # "image" or "vector": which inputs `_prepare` accepts
+    min_fit_items: ClassVar[int] = 1
+
+    # ---- hooks for subclasses -------------------------------------------------------------------------
+    def _prepare(self, X: Any) -> Any:
+        """Validate raw input and return an indexable collection of items."""
+        raise NotImplementedError
+
+    def _fit(self, items: Any) -> None:
+        """Learn normality from `items` (called on a subset during cross-fitting: must reset state)."""
+        raise NotImplementedError
+
+    def _score(self, items: Any) -> ScoreResult:
+        """Score already-prepared items."""
+        raise NotImplementedError
+
+    # ---- public API -----------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> Self:
+        """Learn what normal looks like from normal data; keeps out-of-sample scores for calibration."""
+        items = self._prepare(X)
+        n = len(items)
+        if n < self.min_fit_items:
+            raise ParameterError(
+                f"{type(self).__name__} needs at least {self.min_fit_items} normal items to fit, got {n}"
+            )
+        alpha = check_alpha(self.alpha)
+        fraction = float(getattr(self, "calibration_fraction", 0.2))
+        if not 0.0 <= fraction < 1.0:
+            raise ParameterError(f"calibration_fraction must be in [0, 1), got {fraction}")
+        method, folds = calibration_folds(n, fraction, alpha, getattr(self, "seed", 0))
+        cal_scores: list[np.ndarray] = []
+        cal_maps: list[np.ndarray] = []
+        for train_idx, cal_idx in folds:
+            self._fit(take(items, train_idx))
+            result = self._score(take(items, cal_idx))
+            cal_scores.append(result.scores)
+            if result.maps is not None:
+                cal_maps.extend(result.maps)
+        if method != "holdout":
+            self._fit(items)
+        self._set_calibration(method, cal_scores, cal_maps)
+        self.n_fit_ = n
+        return self
+
+    def _set_calibration(self, method: str, scores: list[np.ndarray], maps: list[np.ndarray]) -> None:
+        cal = Calibration(np.concatenate(scores) if scores else np.empty(0), method=method)
+        if maps:
+            from normalcy.calibrate import PIXEL_FPR_GRID
+
+            cal.pixel_fpr_levels = PIXEL_FPR_GRID.copy()
+            cal.pixel_quantiles = pixel_quantiles(maps, seed=getattr(self, "seed", 0))
+        self.calibration_ = cal
+
+    def score(self, X: Any) -> ScoreResult:
+        """Raw scores (higher = more anomalous) and, for images, anomaly maps at each image's own size."""
+        self.check_fitted()
+        return self._score(self._prepare(X))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Raw anomaly scores only (PyOD convention: higher = more anomalous)."""
+        return self.score(X).scores
+
+    def predict(self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None) -> list[Prediction]:
+        """Calibrated decisions: score, conformal p-value, is_anomaly at `alpha`, severity, map and mask."""
+        self.check_fitted()
+        result = self.score(X)
+        paths = self._item_paths(X, len(result.scores))
+        return self.decide(result, alpha=alpha, pixel_fpr=pixel_fpr, paths=paths)
+
+    def decide(
+        self,
+        result: ScoreResult,
+        alpha: float | None = None,
+        pixel_fpr: float | None = None,
+        paths: list[str | None] | None = None,
+    ) -> list[Prediction]:
+        """Turn raw scores (and maps) into calibrated Predictions without rescoring."""
+        alpha = check_alpha(self.alpha if alpha is None else alpha)
+        pixel_fpr = check_alpha(getattr(self, "pixel_fpr", 0.001) if pixel_fpr is None else pixel_fpr)
+        cal: Calibration = self.calibration_
+        scores = np.asarray(result.scores, dtype=np.float64)
+        p = cal.p_values(scores)
+        grades = cal.severity(scores, alpha)
+        pix_t = cal.pixel_threshold(pixel_fpr) if result.maps is not None else None
+        out = []
+        for i, s in enumerate(scores):
+            flagged = bool(np.isfinite(p[i]) and p[i] <= alpha)
+            amap = result.maps[i] if result.maps is not None else None
+            mask = None
+            if amap is not None and pix_t is not None:
+                mask = (amap > pix_t) if flagged else np.zeros(amap.shape, dtype=bool)
+            out.append(
+                Prediction(
+                    score=float(s), p_value=float(p[i]), is_anomaly=flagged, severity=grades[i],
+                    anomaly_map=amap, mask=mask, path=paths[i] if paths else None,
+                )
+            )
+        return out
+
+    def _item_paths(self, X: Any, n: int) -> list[str | None]:
+        """Best-effort source path of each item (None for in-memory arrays)."""
+        return [None] * n
+
+    # ---- persistence (normalcy.store) ----------------------------------------------------------------
+    def save(self, path: Any) -> Any:
+        """Write this fitted detector to one safe file (safetensors + JSON metadata, atomic)."""
+        from normalcy.store import save
+
+        return save(self, path)
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """Fitted arrays to save (names -> arrays); scalars go through `_state_meta`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved yet")
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore fitted state saved by `_state_arrays`/`_state_meta`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be loaded yet")
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,55 @@
+"""scikit-learn-style parameter handling shared by every normalcy estimator."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Self
+
+from normalcy.errors import NotFittedError, ParameterError
+
+
+class Estimator:
+    """`__init__` only stores parameters; `get_params`/`set_params` read them back (sklearn contract)."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self, deep: bool = False) -> dict[str, Any]:
+        """The constructor parameters and their current values."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change constructor parameters in place (unknown names raise ParameterError)."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ParameterError(f"{type(self).__name__} has no parameter {name!r}; valid: {sorted(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _fitted_attributes(self) -> list[str]:
+        return [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return bool(self._fitted_attributes())
+
+    def check_fitted(self) -> None:
+        """Raise NotFittedError unless `fit` has run."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with normal data first."
+            )
+
+
+def clone(estimator: Estimator) -> Estimator:
+    """A new unfitted estimator with the same parameters."""
+    return type(estimator)(**estimator.get_params())
