@@ -106,6 +106,12 @@ def test_wrong_shape_is_named(tiny_state, tmp_path):
         EfficientNetLite(TINY).load_weights(_save(tiny_state, tmp_path / "shape.pth"))
 
 
+def test_integer_tensor_for_float_parameter_rejected(tiny_state, tmp_path):
+    tiny_state["_conv_stem.weight"] = tiny_state["_conv_stem.weight"].to(torch.int32)
+    with pytest.raises(WeightsMismatchError, match=r"wrong dtype.*_conv_stem\.weight torch\.int32"):
+        EfficientNetLite(TINY).load_weights(_save(tiny_state, tmp_path / "int.pth"))
+
+
 def test_non_finite_values_rejected(tiny_state, tmp_path):
     tiny_state["_bn0.weight"][0] = float("nan")
     with pytest.raises(WeightsMismatchError, match=r"NaN/inf.*_bn0\.weight"):
@@ -128,9 +134,7 @@ def test_corrupt_files_are_mismatch_errors(tiny_state, tmp_path, kind):
     if kind == "not_a_dict":
         torch.save([torch.zeros(1)], path)
     else:
-        path.write_bytes(
-            {"truncated": good[: len(good) // 2], "garbage": b"\x00junk" * 50, "empty": b""}[kind]
-        )
+        path.write_bytes({"truncated": good[: len(good) // 2], "garbage": b"\x00junk" * 50, "empty": b""}[kind])
     with pytest.raises(WeightsMismatchError, match=str(path).replace("\\", "\\\\")):
         EfficientNetLite(TINY).load_weights(path)
 
@@ -264,9 +268,7 @@ def test_prepared_model_matches_unfused_model():
     plain, fast = _tiny(), _tiny().prepare_inference()
     x = torch.rand(2, 3, 45, 37)
     with torch.inference_mode():
-        for a, b in zip(
-            plain.forward_features(x, (2, 4, 8, 16, 32)), fast.forward_features(x, (2, 4, 8, 16, 32))
-        ):
+        for a, b in zip(plain.forward_features(x, (2, 4, 8, 16, 32)), fast.forward_features(x, (2, 4, 8, 16, 32))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(plain(x), fast(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(BackboneError, match="before prepare_inference"):

@@ -10,8 +10,11 @@ import numpy as np
 import torch
 
 from normalcy.detectors.image import ImageDetector, masked_max
-from normalcy.detectors.search import greedy_coreset, nearest_neighbors
+from normalcy.detectors.search import IVFIndex, greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
+
+
+EXACT_SEARCH_MAX = 16384  # banks up to this size are searched exactly with search="auto"
 
 
 class PatchCore(ImageDetector):
@@ -31,6 +34,8 @@ class PatchCore(ImageDetector):
         coreset_ratio: float = 0.1,
         coreset_dim: int = 64,
         reweight: bool = False,
+        search: str = "auto",
+        n_probe: int = 8,
         sigma: float = 4.0,
         batch_size: int = 16,
         memory_budget_mb: int = 256,
@@ -50,6 +55,8 @@ class PatchCore(ImageDetector):
         self.coreset_ratio = coreset_ratio
         self.coreset_dim = coreset_dim
         self.reweight = reweight
+        self.search = search
+        self.n_probe = n_probe
         self.sigma = sigma
         self.batch_size = batch_size
         self.memory_budget_mb = memory_budget_mb
@@ -64,13 +71,26 @@ class PatchCore(ImageDetector):
             raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         patches = self.collect_patches(items)
         keep = greedy_coreset(patches, self.coreset_ratio, self.coreset_dim, seed=self.seed)
-        self.memory_bank_ = patches[keep].contiguous()
-        self._bank_sq = self.memory_bank_.pow(2).sum(1)
+        self._set_bank(patches[keep].contiguous())
+
+    def _set_bank(self, bank: torch.Tensor, centroids=None, assign=None) -> None:
+        """Install the memory bank and, for large banks (or search="ivf"), its approximate index."""
+        if self.search not in ("auto", "exact", "ivf"):
+            raise ParameterError(f"search must be 'auto', 'exact' or 'ivf', got {self.search!r}")
+        self.memory_bank_ = bank
+        self._bank_sq = bank.pow(2).sum(1)
+        use_ivf = self.search == "ivf" or (self.search == "auto" and bank.shape[0] > EXACT_SEARCH_MAX)
+        self._index = IVFIndex(bank, n_probe=self.n_probe, seed=self.seed, centroids=centroids,
+                               assign=assign) if use_ivf else None
 
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = feats.shape
         q = feats.permute(0, 2, 3, 1).reshape(-1, c)
-        dist, idx = nearest_neighbors(q, self.memory_bank_, 1, self.memory_budget_mb, self._bank_sq)
+        if self._index is not None:
+            dist, idx = self._index.search(q)
+            dist, idx = dist[:, None], idx[:, None]
+        else:
+            dist, idx = nearest_neighbors(q, self.memory_bank_, 1, self.memory_budget_mb, self._bank_sq)
         maps = dist[:, 0].view(b, h, w)
         scores = masked_max(maps, valid)
         if self.reweight:
@@ -90,8 +110,15 @@ class PatchCore(ImageDetector):
 
     # ---- persistence --------------------------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"memory_bank": self.memory_bank_.numpy()}
+        out = {"memory_bank": self.memory_bank_.numpy()}
+        if self._index is not None:
+            out["ivf_centroids"] = self._index.centroids.numpy()
+            out["ivf_assign"] = self._index.assign.numpy()
+        return out
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.memory_bank_ = torch.from_numpy(np.ascontiguousarray(arrays["memory_bank"], dtype=np.float32))
-        self._bank_sq = self.memory_bank_.pow(2).sum(1)
+        bank = torch.from_numpy(np.ascontiguousarray(arrays["memory_bank"], dtype=np.float32))
+        cent = arrays.get("ivf_centroids")
+        assign = arrays.get("ivf_assign")
+        self._set_bank(bank, None if cent is None else torch.from_numpy(np.ascontiguousarray(cent)),
+                       None if assign is None else torch.from_numpy(np.ascontiguousarray(assign)))

@@ -94,3 +94,73 @@ def _greedy_block(xg: torch.Tensor, valid: torch.Tensor, steps: int) -> torch.Te
         torch.minimum(min_d, d, out=min_d)
         cur = min_d.argmax(dim=1)
     return chosen
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain Lloyd k-means (seeded, init from a random sample); returns (centroids k×d, assignment N)."""
+    gen = torch.Generator().manual_seed(seed)
+    cent = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
+    assign = torch.zeros(x.shape[0], dtype=torch.long)
+    for _ in range(iters):
+        _, idx = nearest_neighbors(x, cent, 1)
+        assign = idx[:, 0]
+        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).clamp(min=1)[:, None].to(x.dtype)
+        moved = sums / counts
+        empty = torch.bincount(assign, minlength=k) == 0
+        cent = torch.where(empty[:, None], cent, moved)  # an empty cluster keeps its old centre
+    return cent, assign
+
+
+class IVFIndex:
+    """Inverted-file approximate nearest neighbour over a fixed bank (k-means lists, `n_probe` lists per query).
+
+    Each query is compared with the entries of its `n_probe` nearest lists only, so a search costs about
+    n_probe·list_size distances instead of the bank size; every distance it returns is exact for the entry found
+    (it can only miss the true nearest neighbour, never under-estimate a distance).
+    """
+
+    def __init__(self, bank: torch.Tensor, list_size: int = 128, n_probe: int = 8, seed: int = 0,
+                 centroids: torch.Tensor | None = None, assign: torch.Tensor | None = None) -> None:
+        self.bank = bank.float()
+        self.n_probe = n_probe
+        if centroids is None or assign is None:
+            k = max(1, bank.shape[0] // list_size)
+            centroids, assign = kmeans(self.bank, k, seed=seed)
+        self.centroids, self.assign = centroids, assign
+        order = torch.argsort(assign, stable=True)
+        counts = torch.bincount(assign, minlength=centroids.shape[0])
+        self.starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        self.order = order
+        self.sorted_bank = self.bank[order].contiguous()
+        self.sorted_sq = self.sorted_bank.pow(2).sum(1)
+
+    def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Approximate 1-NN: (Q distances, Q bank indices)."""
+        q = queries.float()
+        p = min(self.n_probe, self.centroids.shape[0])
+        _, probes = nearest_neighbors(q, self.centroids, p)  # Q×p list ids
+        pair_q = torch.arange(q.shape[0]).repeat_interleave(p)
+        pair_l = probes.reshape(-1)
+        by_list = torch.argsort(pair_l, stable=True)
+        pair_q, pair_l = pair_q[by_list], pair_l[by_list]
+        bounds = torch.searchsorted(pair_l, torch.arange(self.centroids.shape[0] + 1))
+        best_d = torch.full((pair_q.shape[0],), float("inf"))
+        best_i = torch.zeros(pair_q.shape[0], dtype=torch.long)
+        q_sq = q.pow(2).sum(1)
+        for lst in torch.nonzero(bounds[1:] > bounds[:-1])[:, 0].tolist():
+            a, b = int(bounds[lst]), int(bounds[lst + 1])
+            s, e = int(self.starts[lst]), int(self.starts[lst + 1])
+            if e == s:
+                continue
+            qi = pair_q[a:b]
+            d2 = torch.addmm(self.sorted_sq[None, s:e], q[qi], self.sorted_bank[s:e].T, alpha=-2.0)
+            d2.add_(q_sq[qi, None])
+            v, i = d2.min(dim=1)
+            best_d[a:b], best_i[a:b] = v, i + s
+        # back to query order, then the best over each query's probes
+        inv = torch.empty_like(by_list)
+        inv[by_list] = torch.arange(by_list.shape[0])
+        best_d, best_i = best_d[inv].view(-1, p), best_i[inv].view(-1, p)
+        v, j = best_d.min(dim=1)
+        return v.clamp_(min=0).sqrt_(), self.order[best_i.gather(1, j[:, None])[:, 0]]

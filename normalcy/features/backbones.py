@@ -86,7 +86,10 @@ def packaged_weights_path(name: str) -> Path:
         module = importlib.import_module(spec.module)
     except ImportError as exc:
         raise _not_installed(name, spec, f"module {spec.module} cannot be imported") from exc
-    path = Path(getattr(module, spec.class_name).get_model_file_path())
+    locator = getattr(module, spec.class_name, None)
+    if locator is None:
+        raise _not_installed(name, spec, f"{spec.module} has no {spec.class_name}; unexpected package version")
+    path = Path(locator.get_model_file_path())
     if not path.is_file():
         raise _not_installed(name, spec, f"{path} is missing from the installed package")
     return path

@@ -207,9 +207,7 @@ class EfficientNetLite(nn.Module):
     def normalize(self, x: Tensor) -> Tensor:
         """Map [0,1] RGB to the network's input range; checks shape/dtype so bad input fails loudly."""
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            raise ShapeError(
-                f"expected a float tensor B x 3 x H x W in [0,1], got {x.dtype} {tuple(x.shape)}"
-            )
+            raise ShapeError(f"expected a float tensor B x 3 x H x W in [0,1], got {x.dtype} {tuple(x.shape)}")
         return torch.addcmul(self._norm_shift, x.to(self._norm_scale.dtype), self._norm_scale)
 
     def _stem(self, x: Tensor) -> Tensor:
@@ -306,7 +304,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a .pth/.pt (weights_only) or .safetensors state dict; unreadable -> WeightsMismatchError."""
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"weights file {path} does not exist (normalcy never downloads weights; pass a local file)"
+            f"weights file {path} does not exist or is not a file "
+            "(normalcy never downloads weights; pass a local .pth/.pt/.safetensors state dict)"
         )
     try:
         if path.suffix.lower() == ".safetensors":
@@ -340,18 +339,23 @@ def _is_ignored(key: str) -> bool:
 
 def mismatch_report(module: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
     """Human-readable problems between a module's parameters and a state dict (empty list = exact match)."""
-    expected = {k: v.shape for k, v in module.state_dict().items() if not _is_ignored(k)}
+    expected = {k: v for k, v in module.state_dict().items() if not _is_ignored(k)}
     given = {k: v for k, v in state.items() if not _is_ignored(k)}
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
+    common = [k for k in expected if k in given]
     shapes = [
-        f"{k} {tuple(given[k].shape)} != expected {tuple(expected[k])}"
-        for k in expected
-        if k in given and given[k].shape != expected[k]
+        f"{k} {tuple(given[k].shape)} != expected {tuple(expected[k].shape)}"
+        for k in common
+        if given[k].shape != expected[k].shape
+    ]
+    dtypes = [
+        f"{k} {given[k].dtype}" for k in common if given[k].is_floating_point() != expected[k].is_floating_point()
     ]
     non_finite = [k for k, v in given.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+    checks = (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes), ("wrong dtype", dtypes))
+    for label, keys in checks:
         if keys:
             problems.append(f"{len(keys)} {label} key(s): {_describe(keys)}")
     if non_finite:

@@ -47,7 +47,9 @@ def prepare_batch(images: Sequence[np.ndarray], size: int, mode: str = "stretch"
         h, w = img.shape[:2]
         pl = placement_for(h, w, size, mode)
         if (h, w) != (pl.inner_h, pl.inner_w):  # PIL's antialiased bilinear resize on uint8 is fast and exact
-            img = np.asarray(Image.fromarray(img).resize((pl.inner_w, pl.inner_h), Image.Resampling.BILINEAR))
+            img = np.array(Image.fromarray(img).resize((pl.inner_w, pl.inner_h), Image.Resampling.BILINEAR))
+        if not img.flags.writeable:
+            img = img.copy()
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
         if mode == "pad":
             pads = (pl.left, size - pl.left - pl.inner_w, pl.top, size - pl.top - pl.inner_h)

@@ -1,0 +1,32 @@
+"""A small end-to-end run on the real Magnetic Tile folder (skipped when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normalcy import metrics
+from normalcy.bench.images import masks_for
+from normalcy.data import load_mvtec
+from normalcy.detectors.patchcore import PatchCore
+from tests.conftest import SHARED_DATA
+
+TILE = SHARED_DATA / "magnetic_tile"
+pytestmark = pytest.mark.skipif(not (TILE / "train" / "good").is_dir(),
+                                reason=f"real data not found at {TILE} (it lives in ../shared/data beside the repo)")
+
+
+def test_patchcore_on_a_few_real_tiles():
+    train, test = load_mvtec(TILE)
+    goods = [s for s in test if s.label == 0][:6]
+    bads = [s for s in test if s.label == 1 and s.defect_type in ("blowhole", "break")][:6]
+    det = PatchCore(image_size=128, progress=False).fit(train[:40])
+    result = det.score(goods + bads)
+    sizes = [np.asarray(m).shape for m in result.maps]
+    from PIL import Image
+
+    assert sizes == [Image.open(s.path).size[::-1] for s in goods + bads]  # maps at each image's own size
+    labels = np.array([0] * len(goods) + [1] * len(bads))
+    assert metrics.auroc(labels, result.scores) > 0.7
+    pix = metrics.pixel_metrics(masks_for(goods + bads, result.maps), result.maps)
+    assert pix["pixel_auroc"] > 0.8
