@@ -121,21 +121,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    from normalcy.data import find_categories, load_folder, load_mvtec
-    from normalcy.detectors import create_detector
-    from normalcy.errors import LayoutError
+def normal_images_of(data: Path) -> list:
+    """The normal training images of `data`: `train/good` of one MVTec category, else the folder's images."""
+    from normalcy.data import find_categories, load_folder
+    from normalcy.errors import LayoutError, PathNotFoundError
 
-    data = Path(args.data)
+    if not data.exists():
+        raise PathNotFoundError(f"{data} does not exist")
+    if (data / "train" / "good").is_dir():
+        return load_folder(data / "train" / "good")
     try:
         cats = find_categories(data)
-        if len(cats) > 1:
-            raise LayoutError(f"{data} holds {len(cats)} categories; fit one category folder at a time")
-        train, _ = load_mvtec(cats[0]) if (cats[0] / "test").exists() else (load_folder(cats[0] / "train/good"), [])
     except LayoutError:
-        if (data / "train").exists():
-            raise
-        train = load_folder(data)
+        return load_folder(data)
+    raise LayoutError(f"{data} holds {len(cats)} categories ({', '.join(c.name for c in cats[:5])}…); "
+                      "fit one category folder at a time")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from normalcy.detectors import create_detector
+
+    data = Path(args.data)
+    train = normal_images_of(data)
     det = create_detector(args.detector, **detector_params(args))
     print(f"fitting {args.detector} on {len(train)} normal images from {data}")
     det.fit(train)

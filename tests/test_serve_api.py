@@ -126,6 +126,15 @@ def test_corrupt_image_in_batch_gets_its_own_error(client):
     assert "truncated" in broken["error"] or "corrupt" in broken["error"]
 
 
+def test_batches_are_scored_in_chunks_and_keep_upload_order(model_path):
+    files = [(f"{i}.png", normal_png(i) if i != 2 else b"\x89PNG\r\n\x1a\n" + b"\x00" * 30) for i in range(5)]
+    with limited_client(model_path, chunk_size=2, max_pixels=64 * 64 * 3) as c:
+        body = c.post("/predict", files=upload(*files)).json()
+    assert [r["filename"] for r in body["results"]] == [f"{i}.png" for i in range(5)]
+    assert [r["status"] for r in body["results"]] == ["ok", "ok", "error", "ok", "ok"]
+    assert [r["index"] for r in body["results"]] == list(range(5))
+
+
 def test_too_many_files(model_path):
     with limited_client(model_path, max_files=2) as c:
         r = c.post("/predict", files=upload(*[(f"{i}.png", normal_png(i)) for i in range(3)]))

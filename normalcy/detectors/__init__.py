@@ -11,6 +11,10 @@ DETECTORS: dict[str, str] = {
     "patchcore": "normalcy.detectors.patchcore:PatchCore",
     "padim": "normalcy.detectors.padim:PaDiM",
     "gaussian": "normalcy.detectors.gaussian:GaussianAD",
+    "simplenet": "normalcy.detectors.simplenet:SimpleNet",
+    "fastflow": "normalcy.detectors.fastflow:FastFlow",
+    "efficientad": "normalcy.detectors.efficientad:EfficientAD",
+    "vae": "normalcy.detectors.vae:VAE",
 }
 
 

@@ -23,6 +23,7 @@ class GaussianAD(ImageDetector):
 
     name = "gaussian"
     min_fit_items = 2
+    raw_features = True
 
     def __init__(
         self,

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from normalcy.calibrate import calibration_folds
 from normalcy.detectors.base import Detector, Prediction, ScoreResult
 from normalcy.errors import DataError, EmptyFolderError, ParameterError
 from normalcy.features.extractor import PatchFeatureExtractor
-from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid
+from normalcy.features.preprocess import Placement, prepare_batch, restore_maps, valid_grid
 
 PREDICT_CHUNK = 64  # images loaded at once by predict_iter (bounds memory on large folders)
 
 
 def item_path(item: Any) -> str | None:
     """The file path behind an input item, if it has one."""
+    if isinstance(item, CachedFeatures):
+        return item_path(item.source)
     if isinstance(item, (str, Path)):
         return str(item)
     path = getattr(item, "path", None)
@@ -45,10 +49,39 @@ def expand_inputs(X: Any) -> list:
     return items
 
 
+@dataclass
+class CachedFeatures:
+    """One image's features computed once, reused by every cross-fitting fold (and the final fit)."""
+
+    feats: Any  # C×h×w tensor, or a list of stage tensors when raw
+    placement: Placement
+    valid: torch.Tensor
+    raw: bool
+    source: Any
+
+
 class ImageDetector(Detector):
-    """Base for detectors on backbone patch features; subclasses implement `_fit_features`/`_score_features`."""
+    """Base for detectors on backbone patch features; subclasses implement `_fit`/`_score_features`."""
 
     kind = "image"
+    raw_features = False  # True: the detector consumes the backbone's stage outputs, not patch features
+
+    def fit(self, X: Any, y: Any = None) -> Self:
+        """Fit on normal images; with cross-fitting, features are extracted once and reused by every fold."""
+        items = self._prepare(X)
+        method, _ = calibration_folds(len(items), float(self.calibration_fraction), float(self.alpha), self.seed)
+        if method == "cross-fit":
+            items = self._cache_features(items)
+        return super().fit(items, y)
+
+    def _cache_features(self, items: list) -> list[CachedFeatures]:
+        cached = []
+        raw = self.raw_features
+        for feats, placements, valid in self.iter_features(items, "features", raw=raw):
+            for j, pl in enumerate(placements):
+                f = [s[j] for s in feats] if raw else feats[j]
+                cached.append(CachedFeatures(f, pl, valid[j], raw, items[len(cached)]))
+        return cached
 
     # ---- hooks ------------------------------------------------------------------------------------------
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -88,6 +121,11 @@ class ImageDetector(Detector):
         try:
             for start in range(0, len(items), int(self.batch_size)):
                 chunk = items[start : start + int(self.batch_size)]
+                if all(isinstance(c, CachedFeatures) and c.raw == raw for c in chunk):
+                    yield self._stack_cached(chunk, raw)
+                    bar.update(len(chunk))
+                    continue
+                chunk = [c.source if isinstance(c, CachedFeatures) else c for c in chunk]
                 arrays = [a if isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3
                           and a.shape[2] == 3 else as_rgb_array(a) for a in chunk]
                 x, placements = prepare_batch(arrays, size, self.resize_mode)
@@ -97,6 +135,14 @@ class ImageDetector(Detector):
                 bar.update(len(chunk))
         finally:
             bar.close()
+
+    @staticmethod
+    def _stack_cached(chunk: list[CachedFeatures], raw: bool) -> tuple[Any, list, torch.Tensor]:
+        if raw:
+            feats: Any = [torch.stack([c.feats[i] for c in chunk]) for i in range(len(chunk[0].feats))]
+        else:
+            feats = torch.stack([c.feats for c in chunk])
+        return feats, [c.placement for c in chunk], torch.stack([c.valid for c in chunk])
 
     def collect_patches(self, items: list, desc: str = "fit features") -> torch.Tensor:
         """All valid patch features of `items` as an N×C float32 matrix."""

@@ -13,7 +13,6 @@ from normalcy.detectors.image import ImageDetector, masked_max
 from normalcy.detectors.search import IVFIndex, greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
 
-
 EXACT_SEARCH_MAX = 16384  # banks up to this size are searched exactly with search="auto"
 
 

@@ -97,10 +97,22 @@ class ModelService:
                       pictures: bool = True) -> list[dict[str, Any]]:
         """Decode, score and render the uploads chunk by chunk; a bad image becomes an error entry."""
         results: list[dict[str, Any]] = []
-        chunk = self.settings.chunk_size
-        for start in range(0, len(items), chunk):
-            results.extend(self._predict_chunk(items[start : start + chunk], alpha, pixel_fpr, pictures))
+        for part in self._chunks(items):
+            results.extend(self._predict_chunk(part, alpha, pixel_fpr, pictures))
         return results
+
+    def _chunks(self, items: list[PendingImage]) -> list[list[PendingImage]]:
+        """Consecutive groups of at most `chunk_size` images and `max_pixels` pixels (one big image alone)."""
+        chunks: list[list[PendingImage]] = []
+        pixels = 0
+        for it in items:
+            n = (it.info.width or 0) * (it.info.height or 0)
+            if not chunks or len(chunks[-1]) >= self.settings.chunk_size or pixels + n > self.settings.max_pixels:
+                chunks.append([])
+                pixels = 0
+            chunks[-1].append(it)
+            pixels += n
+        return chunks
 
     def _predict_chunk(self, items: list[PendingImage], alpha: float, pixel_fpr: float,
                        pictures: bool) -> list[dict[str, Any]]:

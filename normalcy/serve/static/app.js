@@ -119,9 +119,12 @@ function showBanner(text) { const bn = $("#banner"); bn.textContent = text; bn.h
 // ---- adding files and sending them -----------------------------------------------------------------------
 function addFiles(fileList) {
   if (!state.model) { showBanner("The model is not loaded yet; try again in a moment."); return; }
-  const files = [...fileList].filter((f) => !f.name.startsWith(".") && (IMAGE_EXT.test(f.name) || f.type.startsWith("image/")));
+  const all = [...fileList];
+  const files = all.filter((f) => !f.name.startsWith(".") && (IMAGE_EXT.test(f.name) || f.type.startsWith("image/")));
   if (!files.length) { showBanner("No image files found (PNG, JPEG, BMP, TIFF or WebP)."); return; }
   $("#banner").hidden = true;
+  const skipped = all.length - files.length;
+  if (skipped) showBanner(`Skipped ${skipped} file${skipped > 1 ? "s" : ""} that are not images (by name); the server checks content.`);
   const L = state.model.limits;
   const fresh = [];
   for (const file of files) {

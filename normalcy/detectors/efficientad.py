@@ -1,0 +1,256 @@
+"""EfficientAD (Batzner et al., WACV 2024): a small student and an autoencoder regress a frozen teacher's features.
+
+Teacher: our frozen backbone's patch features (the C = 152 channels of strides 8 and 16 for EfficientNet-Lite0,
+or `project_dim` channels of the extractor's fixed random projection), standardized per channel on the training
+images. This replaces the paper's PDN teacher distilled from a WideResNet on ImageNet (we ship no ImageNet data).
+Student: a small patch-description conv net on the image with 2·C output channels at the teacher's grid; the first
+C regress the teacher with the hard-feature loss (mean of the top `hard_fraction` of squared errors), the other C
+regress the autoencoder's output. Autoencoder: conv encoder to a `latent`-dim vector and a conv decoder to the
+teacher grid, trained on the teacher. The local map is the student–teacher error, the global (logical) map the
+student–autoencoder error; each is normalized by the 0.9 and 0.995 quantiles of its values on held-out normal
+images, then averaged. Not included: the ImageNet penalty and the autoencoder's input augmentation (both need
+data or teacher passes we do not have at training time; features are extracted once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normalcy.detectors.base import ScoreResult
+from normalcy.detectors.image import ImageDetector, masked_max
+from normalcy.errors import ParameterError
+from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid
+from normalcy.train import channel_stats, load_module, module_arrays, seeded, split_items, train
+
+QUANTILES = (0.9, 0.995)
+
+
+def _image_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0,1] B×3×S×S → roughly zero-mean, unit-scale network input."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+    return (x - 0.45) / 0.25
+
+
+class Student(nn.Module):
+    """PDN-like student: four convs, output stride 8, receptive field 34 px."""
+
+    def __init__(self, out_channels: int, width: int) -> None:
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, w, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(4 * w, out_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        y = self.net(_image_input(x))
+        return y if tuple(y.shape[-2:]) == grid else F.interpolate(y, size=grid, mode="bilinear", align_corners=False)
+
+
+class AutoEncoder(nn.Module):
+    """Image → `latent`-dim code (strided convs, 8×8 pooling, linear) → conv decoder to the teacher grid."""
+
+    def __init__(self, out_channels: int, width: int, latent: int) -> None:
+        super().__init__()
+        w = width
+        layers: list[nn.Module] = []
+        for cin, cout in ((3, w), (w, w), (w, 2 * w), (2 * w, 2 * w)):
+            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU()]
+        self.encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(2 * w * 64, latent))
+        self.expand = nn.Linear(latent, 2 * w * 16)
+        self.up = nn.ModuleList(nn.Conv2d(2 * w, 2 * w, 3, padding=1) for _ in range(3))
+        self.head = nn.Conv2d(2 * w, out_channels, 1)
+        self.width = w
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        h = self.expand(F.relu(self.encoder(_image_input(x)))).view(-1, 2 * self.width, 4, 4)
+        gh, gw = grid
+        for k, conv in zip((4, 2, 1), self.up):
+            h = F.relu(conv(F.interpolate(h, size=(math.ceil(gh / k), math.ceil(gw / k)), mode="bilinear",
+                                          align_corners=False)))
+        return self.head(h)
+
+
+class EfficientADModel(nn.Module):
+    """Student and autoencoder trained together."""
+
+    def __init__(self, channels: int, width: int, latent: int) -> None:
+        super().__init__()
+        self.student = Student(2 * channels, width)
+        self.ae = AutoEncoder(channels, width, latent)
+        self.channels = channels
+
+    def maps(self, x: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local, global) B×h×w maps: student–teacher and student–autoencoder squared errors."""
+        grid = tuple(teacher.shape[-2:])
+        s = self.student(x, grid)
+        a = self.ae(x, grid)
+        c = self.channels
+        return (teacher - s[:, :c]).pow(2).mean(1), (a - s[:, c:]).pow(2).mean(1)
+
+
+class EfficientAD(ImageDetector):
+    """Student–teacher and autoencoder discrepancies on a frozen-backbone teacher; built for fast inference."""
+
+    name = "efficientad"
+    min_fit_items = 4
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        weights: str | Path | None = None,
+        image_size: int = 256,
+        resize_mode: str = "stretch",
+        strides: Sequence[int] = (8, 16),
+        aggregate: int = 1,
+        project_dim: int | None = None,
+        width: int = 32,
+        latent: int = 64,
+        hard_fraction: float = 0.001,
+        epochs: int = 30,
+        train_batch: int = 8,
+        lr: float = 1e-3,
+        max_seconds: float | None = 150.0,
+        patience: int | None = 5,
+        val_fraction: float = 0.1,
+        sigma: float = 4.0,
+        batch_size: int = 16,
+        alpha: float = 0.01,
+        pixel_fpr: float = 0.001,
+        calibration_fraction: float = 0.2,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.strides = strides
+        self.aggregate = aggregate
+        self.project_dim = project_dim
+        self.width = width
+        self.latent = latent
+        self.hard_fraction = hard_fraction
+        self.epochs = epochs
+        self.train_batch = train_batch
+        self.lr = lr
+        self.max_seconds = max_seconds
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.sigma = sigma
+        self.batch_size = batch_size
+        self.alpha = alpha
+        self.pixel_fpr = pixel_fpr
+        self.calibration_fraction = calibration_fraction
+        self.seed = seed
+        self.progress = progress
+
+    def _batches(self, items: list, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, list, torch.Tensor]]:
+        """(uint8 images, teacher features, placements, valid cells) per batch, with a progress bar."""
+        from tqdm.auto import tqdm
+
+        from normalcy.data import as_rgb_array
+
+        size, step = int(self.image_size), int(self.batch_size)
+        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
+        try:
+            for start in range(0, len(items), step):
+                arrays = [as_rgb_array(a) for a in items[start : start + step]]
+                x, placements = prepare_batch(arrays, size, self.resize_mode)
+                feats = self.extractor(x)
+                valid = valid_grid(placements, size, tuple(feats.shape[-2:]))
+                yield x.mul(255).round().to(torch.uint8), feats, placements, valid
+                bar.update(len(arrays))
+        finally:
+            bar.close()
+
+    def _fit(self, items: list) -> None:
+        if not 0.0 < self.hard_fraction <= 1.0:
+            raise ParameterError(f"hard_fraction must be in (0, 1], got {self.hard_fraction}")
+        imgs, feats, valid = [], [], []
+        for x, f, _, v in self._batches(items, "fit features"):
+            imgs.append(x)
+            feats.append(f)
+            valid.append(v)
+        x_all, f_all, v_all = torch.cat(imgs), torch.cat(feats), torch.cat(valid)
+        mean, std = channel_stats(f_all, v_all)
+        t_all = (f_all - mean[:, None, None]) / std[:, None, None]
+        tr, va = split_items(len(items), float(self.val_fraction), int(self.seed))
+        with seeded(int(self.seed)):
+            net = EfficientADModel(t_all.shape[1], int(self.width), int(self.latent))
+        result = train(
+            net, lambda xb, tb, vb: self._loss(net, xb, tb, vb), (x_all[tr], t_all[tr], v_all[tr]),
+            (x_all[va], t_all[va], v_all[va]) if len(va) else None, epochs=int(self.epochs),
+            batch_size=int(self.train_batch), lr=float(self.lr), weight_decay=1e-5, max_seconds=self.max_seconds,
+            patience=self.patience, seed=int(self.seed), progress=bool(self.progress), desc="efficientad train",
+        )
+        self.mean_, self.std_, self.net_, self.train_result_ = mean, std, net, result.to_meta()
+        norm_idx = va if len(va) else tr  # map quantiles from held-out normal images when there are any
+        with torch.inference_mode():
+            local, glob = net.maps(x_all[norm_idx], t_all[norm_idx])
+        vmask = v_all[norm_idx]
+        self.quantiles_ = torch.tensor([[torch.quantile(_sample(m[vmask]), q).item() for q in QUANTILES]
+                                        for m in (local, glob)])
+
+    def _loss(self, net: EfficientADModel, x: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        grid = tuple(t.shape[-2:])
+        s = net.student(x, grid)
+        a = net.ae(x, grid)
+        c = net.channels
+        d = (t - s[:, :c]).pow(2).permute(0, 2, 3, 1)[valid].flatten()
+        k = max(1, int(math.ceil(float(self.hard_fraction) * d.numel())))
+        loss_st = d.topk(k).values.mean() if k < d.numel() else d.mean()
+        loss_ae = (t - a).pow(2).permute(0, 2, 3, 1)[valid].mean()
+        loss_stae = (a.detach() - s[:, c:]).pow(2).permute(0, 2, 3, 1)[valid].mean()
+        return loss_st + loss_ae + loss_stae
+
+    def _normalized_map(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The combined anomaly map: each branch scaled so 0.9→0 and 0.995→0.1 on normal images, averaged."""
+        t = (feats - self.mean_[:, None, None]) / self.std_[:, None, None]
+        local, glob = self.net_.maps(x, t)
+        q = self.quantiles_
+        scale = (q[:, 1] - q[:, 0]).clamp_min(1e-12)
+        return 0.5 * (0.1 * (local - q[0, 0]) / scale[0] + 0.1 * (glob - q[1, 0]) / scale[1])
+
+    def _score(self, items: list) -> ScoreResult:
+        scores, maps = [], []
+        with torch.inference_mode():
+            for x, feats, placements, valid in self._batches(items, "score"):
+                m = self._normalized_map(x, feats)
+                scores.append(masked_max(m, valid).double().numpy())
+                maps.extend(restore_maps(m, placements, int(self.image_size), float(self.sigma)))
+        return ScoreResult(np.concatenate(scores), maps)
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_.numpy(), "std": self.std_.numpy(), "quantiles": self.quantiles_.numpy(),
+                **module_arrays("net", self.net_)}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"train": self.train_result_}
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"], dtype=np.float32))
+        self.std_ = torch.from_numpy(np.ascontiguousarray(arrays["std"], dtype=np.float32))
+        self.quantiles_ = torch.from_numpy(np.ascontiguousarray(arrays["quantiles"], dtype=np.float32))
+        net = EfficientADModel(self.mean_.numel(), int(self.width), int(self.latent))
+        self.net_ = load_module("net", net, arrays)
+        self.train_result_ = dict(meta.get("train", {}))
+
+
+def _sample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
+    """At most `limit` evenly spaced sorted values (torch.quantile has an input-size limit)."""
+    if values.numel() <= limit:
+        return values.float()
+    return values.sort().values[torch.linspace(0, values.numel() - 1, limit).long()].float()
