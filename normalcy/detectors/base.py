@@ -6,6 +6,7 @@ conformal p-values, severity and pixel masks. A method implements only `_fit(ite
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -110,7 +111,20 @@ class Detector(Estimator):
             self._fit(items)
         self._set_calibration(method, cal_scores, cal_maps)
         self.n_fit_ = n
+        self._warn_if_alpha_unreachable(alpha)
         return self
+
+    def _warn_if_alpha_unreachable(self, alpha: float) -> None:
+        """Say so when too few normal scores exist for any image to ever be flagged at `alpha`."""
+        n_cal = self.calibration_.n
+        if n_cal == 0:
+            warnings.warn(f"{type(self).__name__}: no calibration scores (fit on {self.n_fit_} items): p-values are "
+                          "NaN and nothing is flagged; fit on at least 2 normal items", UserWarning, stacklevel=3)
+        elif 1.0 / (n_cal + 1) > alpha:
+            warnings.warn(f"{type(self).__name__}: with {n_cal} calibration scores the smallest p-value is "
+                          f"{1 / (n_cal + 1):.4f} > alpha={alpha}, so nothing can be flagged at this alpha; use at "
+                          f"least {int(np.ceil(1 / alpha)) - 1} normal images or a larger alpha",
+                          UserWarning, stacklevel=3)
 
     def _set_calibration(self, method: str, scores: list[np.ndarray], maps: list[np.ndarray]) -> None:
         cal = Calibration(np.concatenate(scores) if scores else np.empty(0), method=method)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normalcy.detectors.base import ScoreResult
-from normalcy.detectors.image import ImageDetector, masked_max
+from normalcy.detectors.image import CachedFeatures, ImageDetector, masked_max
 from normalcy.errors import ParameterError
 from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid
 from normalcy.train import channel_stats, load_module, module_arrays, seeded, split_items, train
@@ -166,9 +166,11 @@ class EfficientAD(ImageDetector):
         bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
         try:
             for start in range(0, len(items), step):
-                arrays = [as_rgb_array(a) for a in items[start : start + step]]
+                chunk = items[start : start + step]
+                cached = all(isinstance(c, CachedFeatures) and not c.raw for c in chunk)
+                arrays = [as_rgb_array(c.source if isinstance(c, CachedFeatures) else c) for c in chunk]
                 x, placements = prepare_batch(arrays, size, self.resize_mode)
-                feats = self.extractor(x)
+                feats = torch.stack([c.feats for c in chunk]) if cached else self.extractor(x)
                 valid = valid_grid(placements, size, tuple(feats.shape[-2:]))
                 yield x.mul(255).round().to(torch.uint8), feats, placements, valid
                 bar.update(len(arrays))

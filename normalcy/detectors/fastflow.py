@@ -67,6 +67,7 @@ class FastFlow(FeatureModelDetector):
 
     name = "fastflow"
     grad_clip = 5.0
+    train_crop = 16
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class FastFlow(FeatureModelDetector):
         resize_mode: str = "stretch",
         strides: Sequence[int] = (8, 16),
         aggregate: int = 1,
-        project_dim: int | None = None,
+        project_dim: int | None = 64,
         flow_steps: int = 8,
         hidden_ratio: float = 1.0,
         clamp: float = 2.0,

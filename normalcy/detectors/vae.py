@@ -28,7 +28,7 @@ class FeatureVAE(nn.Module):
         super().__init__()
         act = nn.LeakyReLU(0.2)
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1), act,
+            nn.Conv2d(channels, hidden, 1), act,
             nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), act,
             nn.Conv2d(hidden, 2 * latent, 3, stride=2, padding=1),
         )
@@ -53,6 +53,7 @@ class VAE(FeatureModelDetector):
     """Reconstruction error of a small convolutional VAE trained on normal patch-feature maps."""
 
     name = "vae"
+    train_crop = 16
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class VAE(FeatureModelDetector):
         strides: Sequence[int] = (8, 16),
         aggregate: int = 3,
         project_dim: int | None = None,
-        hidden: int = 128,
+        hidden: int = 64,
         latent: int = 32,
         beta: float = 1.0,
         context_mask: float = 0.0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,17 @@ from normalcy.detectors.base import ScoreResult
 from normalcy.vector.base import VectorDetector
 from normalcy.vector.checks import check_choice, check_float, check_int
 from normalcy.vector.scaling import SCALINGS, apply_scaling, fit_scaling
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with n torch threads: a tiny MLP step is slower with more (sync costs, worse when busy)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_mlp(n_features: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
@@ -95,7 +108,7 @@ class AutoEncoder(VectorDetector):
         order = torch.randperm(len(Z), generator=gen)
         n_val = int(round(len(Z) * float(self.validation_fraction))) if len(Z) >= 20 else 0
         val, train = Z[order[:n_val]], Z[order[n_val:]]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch_threads(1):
             torch.manual_seed(int(self.seed))
             net = build_mlp(X.shape[1], self.hidden_, float(self.dropout))
             self.epochs_run_ = self._train(net, train, val, gen)
@@ -107,7 +120,7 @@ class AutoEncoder(VectorDetector):
         start, best, best_state, stale = time.perf_counter(), float("inf"), None, 0
         bs = int(self.batch_size)
         epoch = 0
-        for epoch in range(1, int(self.epochs) + 1):
+        for epoch in range(1, int(self.epochs) + 1):  # noqa: B007 (returned below)
             net.train()
             total = 0.0
             for idx in torch.randperm(len(train), generator=gen).split(bs):
@@ -116,7 +129,7 @@ class AutoEncoder(VectorDetector):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             monitor = total / len(train) if len(val) == 0 else self._loss(net, val)
             if monitor < best - 1e-6 * abs(best):
                 best, best_state, stale = monitor, copy.deepcopy(net.state_dict()), 0
@@ -137,7 +150,7 @@ class AutoEncoder(VectorDetector):
     def _score(self, items: np.ndarray) -> ScoreResult:
         Z = torch.from_numpy(apply_scaling(items, self.center_, self.scale_).astype(np.float32))
         out = np.empty(len(Z))
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(1):
             for s in range(0, len(Z), 8192):
                 z = Z[s : s + 8192]
                 out[s : s + 8192] = ((self.net_(z) - z) ** 2).mean(dim=1).double().numpy()
