@@ -34,6 +34,35 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class Adam:
+    """Adam (Kingma & Ba, 2015) with L2 weight decay, written out: `torch.optim` pulls in torch._dynamo,
+    whose import costs seconds of CPU in every fresh process."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
+        self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        self.beta1, self.beta2, self.eps, self.t = 0.9, 0.999, 1e-8, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self) -> None:
+        """Drop the gradients of the last step."""
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One bias-corrected Adam update of every parameter that has a gradient."""
+        self.t += 1
+        c1, c2 = 1.0 - self.beta1**self.t, 1.0 - self.beta2**self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            g = p.grad.add(p, alpha=self.weight_decay) if self.weight_decay else p.grad
+            m.mul_(self.beta1).add_(g, alpha=1.0 - self.beta1)
+            v.mul_(self.beta2).addcmul_(g, g, value=1.0 - self.beta2)
+            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
+
+
 def build_mlp(n_features: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
     """Mirror-image encoder/decoder MLP: n_features -> hidden... -> reversed hidden -> n_features."""
     sizes = [n_features, *hidden, *reversed(hidden[:-1]), n_features]
@@ -116,7 +145,7 @@ class AutoEncoder(VectorDetector):
 
     def _train(self, net: nn.Sequential, train: torch.Tensor, val: torch.Tensor, gen: torch.Generator) -> int:
         """Adam on MSE with early stopping on `val` (or on the training loss when there is no split)."""
-        opt = torch.optim.Adam(net.parameters(), lr=float(self.learning_rate), weight_decay=float(self.weight_decay))
+        opt = Adam(list(net.parameters()), lr=float(self.learning_rate), weight_decay=float(self.weight_decay))
         start, best, best_state, stale = time.perf_counter(), float("inf"), None, 0
         bs = int(self.batch_size)
         epoch = 0
@@ -126,7 +155,7 @@ class AutoEncoder(VectorDetector):
             for idx in torch.randperm(len(train), generator=gen).split(bs):
                 batch = train[idx]
                 loss = ((net(batch) - batch) ** 2).mean()
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
