@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from normalcy.detectors.base import ScoreResult
-from normalcy.detectors.image import CachedFeatures, ImageDetector, masked_max
+from normalcy.detectors.image import CachedFeatures, ImageDetector
 from normalcy.errors import ParameterError
 from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid
-from normalcy.train import channel_stats, load_module, module_arrays, seeded, split_items, train
+from normalcy.train import channel_stats, load_module, module_arrays, seeded, smoothed_max, split_items, train
 
 QUANTILES = (0.9, 0.995)
 AE_INPUT = 64  # the autoencoder sees the whole image at this size
@@ -119,7 +119,7 @@ class EfficientAD(ImageDetector):
         project_dim: int | None = None,
         width: int = 32,
         latent: int = 64,
-        hard_fraction: float = 0.001,
+        hard_fraction: float = 0.1,
         epochs: int = 30,
         train_batch: int = 8,
         lr: float = 1e-3,
@@ -240,7 +240,7 @@ class EfficientAD(ImageDetector):
         with torch.inference_mode():
             for x, feats, placements, valid in self._batches(items, "score"):
                 m = self._normalized_map(x, feats)
-                scores.append(masked_max(m, valid).double().numpy())
+                scores.append(smoothed_max(m, valid).double().numpy())
                 maps.extend(restore_maps(m, placements, int(self.image_size), float(self.sigma)))
         return ScoreResult(np.concatenate(scores), maps)
 

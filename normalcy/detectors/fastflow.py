@@ -53,13 +53,18 @@ class Flow(nn.Module):
         self.blocks = nn.ModuleList(AffineCoupling(channels, hidden, 3 if i % 2 == 0 else 1, clamp)
                                     for i in range(steps))
 
-    def nll(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-cell negative log-likelihood (B×h×w) of the features under the flow."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features → (latent z of the same shape, per-cell log|det J| B×h×w)."""
         logdet = torch.zeros(x.shape[0], *x.shape[2:], dtype=x.dtype)
         for block in self.blocks:
             x, ld = block(x)
             logdet = logdet + ld
-        return 0.5 * x.pow(2).sum(dim=1) + 0.5 * x.shape[1] * math.log(2 * math.pi) - logdet
+        return x, logdet
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-cell negative log-likelihood (B×h×w) of the features under the flow."""
+        z, logdet = self(x)
+        return 0.5 * z.pow(2).sum(dim=1) + 0.5 * z.shape[1] * math.log(2 * math.pi) - logdet
 
 
 class FastFlow(FeatureModelDetector):
@@ -128,5 +133,9 @@ class FastFlow(FeatureModelDetector):
     def _loss(self, net: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return net.nll(x)[valid].mean() / x.shape[1]  # nats per dimension: comparable across channel counts
 
+    map_from = "nll"
+
     def _patch_scores(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.map_from == "z2":
+            return 0.5 * net(x)[0].pow(2).mean(dim=1)
         return net.nll(x)

@@ -82,8 +82,9 @@ class PaDiM(ImageDetector):
         if f.shape[1] != self.mean_.shape[0]:
             raise ParameterError("image grid differs from the fitted one: PaDiM needs the same image_size")
         delta = f - self.mean_[None]
-        d2 = torch.einsum("bpc,pcd,bpd->bp", delta, self.precision_, delta).clamp_(min=0)
-        maps = d2.sqrt().view(b, h, w)
+        dp = delta.transpose(0, 1)  # P×B×C: one small batched matmul per position
+        d2 = (torch.bmm(dp, self.precision_) * dp).sum(-1).transpose(0, 1).clamp_(min=0)
+        maps = d2.sqrt().reshape(b, h, w)
         return masked_max(maps, valid), maps
 
     def _state_arrays(self) -> dict[str, np.ndarray]:

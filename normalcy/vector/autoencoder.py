@@ -160,7 +160,7 @@ class AutoEncoder(VectorDetector):
                 opt.step()
                 total += float(loss.detach()) * len(idx)
             monitor = total / len(train) if len(val) == 0 else self._loss(net, val)
-            if monitor < best - 1e-6 * abs(best):
+            if monitor < best and (best == float("inf") or monitor < best - 1e-6 * abs(best)):
                 best, best_state, stale = monitor, copy.deepcopy(net.state_dict()), 0
             else:
                 stale += 1
