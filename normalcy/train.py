@@ -268,7 +268,6 @@ class FeatureModelDetector(ImageDetector):
 
     min_fit_items = 4
     grad_clip: float | None = None
-    train_crop: int | None = None  # train on random crops of this many cells (convolutional models only)
 
     def _build(self, channels: int) -> nn.Module:
         raise NotImplementedError
@@ -287,21 +286,12 @@ class FeatureModelDetector(ImageDetector):
         with seeded(int(self.seed)):
             net = self._build(x.shape[1])
         result = train(
-            net, lambda xb, vb: self._loss(net, *self._crop(xb, vb, net.training)), (x[tr], valid[tr]),
+            net, lambda xb, vb: self._loss(net, xb, vb), (x[tr], valid[tr]),
             (x[va], valid[va]) if len(va) else None, epochs=int(self.epochs), batch_size=int(self.train_batch),
             lr=float(self.lr), weight_decay=1e-5, max_seconds=self.max_seconds, patience=self.patience,
             grad_clip=self.grad_clip, seed=int(self.seed), progress=bool(self.progress), desc=f"{self.name} train",
         )
         self.mean_, self.std_, self.net_, self.train_result_ = mean, std, net, result.to_meta()
-
-    def _crop(self, x: torch.Tensor, valid: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random `train_crop`-cell window of the batch while training (cheaper steps, same convolutions)."""
-        k = self.train_crop
-        h, w = x.shape[-2:]
-        if not training or k is None or (k >= h and k >= w):
-            return x, valid
-        top, left = int(torch.randint(0, max(h - k, 0) + 1, ())), int(torch.randint(0, max(w - k, 0) + 1, ()))
-        return x[..., top : top + k, left : left + k], valid[:, top : top + k, left : left + k]
 
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():

@@ -72,7 +72,6 @@ class FastFlow(FeatureModelDetector):
 
     name = "fastflow"
     grad_clip = 5.0
-    train_crop = 16
 
     def __init__(
         self,
@@ -81,15 +80,15 @@ class FastFlow(FeatureModelDetector):
         image_size: int = 256,
         resize_mode: str = "stretch",
         strides: Sequence[int] = (8, 16),
-        aggregate: int = 1,
-        project_dim: int | None = 64,
+        aggregate: int = 3,
+        project_dim: int | None = None,
         flow_steps: int = 8,
-        hidden_ratio: float = 1.0,
+        hidden_ratio: float = 0.5,
         clamp: float = 2.0,
         epochs: int = 20,
         train_batch: int = 8,
         lr: float = 1e-3,
-        max_seconds: float | None = 150.0,
+        max_seconds: float | None = 120.0,
         patience: int | None = 5,
         val_fraction: float = 0.1,
         sigma: float = 4.0,
@@ -133,9 +132,5 @@ class FastFlow(FeatureModelDetector):
     def _loss(self, net: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return net.nll(x)[valid].mean() / x.shape[1]  # nats per dimension: comparable across channel counts
 
-    map_from = "nll"
-
     def _patch_scores(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.map_from == "z2":
-            return 0.5 * net(x)[0].pow(2).mean(dim=1)
         return net.nll(x)

@@ -56,7 +56,7 @@ class SimpleNet(FeatureModelDetector):
         epochs: int = 20,
         train_batch: int = 8,
         lr: float = 1e-3,
-        max_seconds: float | None = 150.0,
+        max_seconds: float | None = 120.0,
         patience: int | None = 5,
         val_fraction: float = 0.1,
         sigma: float = 4.0,

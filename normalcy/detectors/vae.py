@@ -53,7 +53,6 @@ class VAE(FeatureModelDetector):
     """Reconstruction error of a small convolutional VAE trained on normal patch-feature maps."""
 
     name = "vae"
-    train_crop = 16
 
     def __init__(
         self,
@@ -71,7 +70,7 @@ class VAE(FeatureModelDetector):
         epochs: int = 30,
         train_batch: int = 8,
         lr: float = 1e-3,
-        max_seconds: float | None = 150.0,
+        max_seconds: float | None = 120.0,
         patience: int | None = 5,
         val_fraction: float = 0.1,
         sigma: float = 4.0,
