@@ -13,7 +13,6 @@ import numpy as np
 
 from normalcy.detectors.base import Detector, ScoreResult
 from normalcy.errors import DataError, ParameterError
-from normalcy.vector import create_vector_detector
 from normalcy.vector.checks import check_choice, check_int
 
 EMBEDDINGS = ("auto", "minilm", "tfidf")
@@ -137,12 +136,20 @@ class TextDetector(Detector):
     def _vectors(self, items: Any) -> np.ndarray:
         return items if self.embedding_ == "minilm" else self.tfidf_.transform(items)
 
-    def _fit(self, items: Any) -> None:
+    def _inner(self) -> Any:
+        """The vector detector; unit-length embeddings are compared as they are (no per-feature scaling)."""
         if self.detector in ("mixed", "categorical"):
             raise ParameterError(f"detector must be a numeric vector detector, got {self.detector!r}")
+        from normalcy.vector import vector_detector_class
+
+        cls = vector_detector_class(self.detector)
+        params = {"scaling": "none"} if "scaling" in cls().get_params() else {}
+        return cls(**{**params, **(self.detector_params or {}), "seed": self.seed})
+
+    def _fit(self, items: Any) -> None:
         if self.embedding_ == "tfidf":
             self.tfidf_ = Tfidf(seed=int(self.seed)).fit(items)
-        inner = create_vector_detector(self.detector, **(self.detector_params or {}), seed=self.seed)
+        inner = self._inner()
         inner._fit(self._vectors(items))  # calibration happens once, at this level
         self.detector_ = inner
 
@@ -164,7 +171,7 @@ class TextDetector(Detector):
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.embedding_ = meta["embedding"]
         part = {k[len("detector.") :]: v for k, v in arrays.items() if k.startswith("detector.")}
-        inner = create_vector_detector(self.detector, **(self.detector_params or {}), seed=self.seed)
+        inner = self._inner()
         inner._load_state(part, meta["detector"])
         self.detector_ = inner
         if self.embedding_ == "tfidf":

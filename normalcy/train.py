@@ -270,18 +270,22 @@ class FeatureModelDetector(ImageDetector):
     grad_clip: float | None = None
 
     def _build(self, channels: int) -> nn.Module:
+        """A fresh network for `channels`-channel features (called under the detector's seed)."""
         raise NotImplementedError
 
     def _loss(self, net: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch of standardized B×C×h×w features (only `valid` cells count)."""
         raise NotImplementedError
 
     def _patch_scores(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """B×h×w patch scores (higher = more anomalous) of standardized features."""
         raise NotImplementedError
 
     def _fit(self, items: list) -> None:
         feats, valid = cache_features(self, items)
         mean, std = channel_stats(feats, valid)
         x = (feats - mean[:, None, None]) / std[:, None, None]
+        del feats  # the cache can be large (457 images at 256 px: ~285 MB); keep one copy
         tr, va = split_items(len(items), float(self.val_fraction), int(self.seed))
         with seeded(int(self.seed)):
             net = self._build(x.shape[1])

@@ -167,7 +167,10 @@ def run_text(path: Path, seeds: int, progress: bool = True) -> list[dict[str, An
         for seed in range(seeds):
             train, test = stratified_split(y, seed)
             fit_texts = list(arr[train][y[train] == 0])
-            scores, secs = timed_run(lambda p=params, s=seed: TextDetector(seed=s, **p), fit_texts, list(arr[test]), True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                make = lambda p=params, s=seed: TextDetector(seed=s, **p)  # noqa: E731
+                scores, secs = timed_run(make, fit_texts, list(arr[test]), True)
             per_seed.append({"auroc": auroc(y[test], scores), "ap": average_precision(y[test], scores), "seconds": secs})
             if progress:
                 print(f"  text {name} seed {seed}: AUROC {per_seed[-1]['auroc']:.4f}", file=sys.stderr)
@@ -192,7 +195,9 @@ def run_series(path: Path, window: int, progress: bool = True) -> list[dict[str,
         n_fit = int(len(s.values) * NAB_PROBATION)
         y = s.labels[n_fit:]
         start = time.perf_counter()
-        ours = SeriesDetector(window=window).fit(s.values[:n_fit]).score(s.values).scores
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = SeriesDetector(window=window).fit(s.values[:n_fit]).score(s.values).scores
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         base = zscore_scores(s.values, n_fit)

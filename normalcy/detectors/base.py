@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from normalcy.calibrate import Calibration, calibration_folds, check_alpha, pixel_quantiles
+from normalcy.calibrate import PIXEL_FPR_GRID, Calibration, calibration_folds, check_alpha, pixel_quantiles
 from normalcy.errors import ParameterError
 from normalcy.estimator import Estimator
 
@@ -129,8 +129,6 @@ class Detector(Estimator):
     def _set_calibration(self, method: str, scores: list[np.ndarray], maps: list[np.ndarray]) -> None:
         cal = Calibration(np.concatenate(scores) if scores else np.empty(0), method=method)
         if maps:
-            from normalcy.calibrate import PIXEL_FPR_GRID
-
             cal.pixel_fpr_levels = PIXEL_FPR_GRID.copy()
             cal.pixel_quantiles = pixel_quantiles(maps, seed=getattr(self, "seed", 0))
         self.calibration_ = cal

@@ -56,6 +56,7 @@ class Student(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Images → B×out×grid predictions."""
         y = self.net(_image_input(x))
         return y if tuple(y.shape[-2:]) == grid else F.interpolate(y, size=grid, mode="bilinear", align_corners=False)
 
@@ -76,6 +77,7 @@ class AutoEncoder(nn.Module):
         self.width = w
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Images → B×out×grid reconstruction of the teacher features."""
         small = F.interpolate(_image_input(x), size=(AE_INPUT, AE_INPUT), mode="bilinear", antialias=True)
         h = self.expand(F.relu(self.encoder(small))).view(-1, 2 * self.width, 4, 4)
         gh, gw = grid
@@ -120,7 +122,7 @@ class EfficientAD(ImageDetector):
         width: int = 32,
         latent: int = 64,
         hard_fraction: float = 0.1,
-        epochs: int = 30,
+        epochs: int = 15,
         train_batch: int = 8,
         lr: float = 1e-3,
         max_seconds: float | None = 120.0,
@@ -208,6 +210,7 @@ class EfficientAD(ImageDetector):
                                         for m in (local, glob)])
 
     def _loss(self, net: EfficientADModel, x: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Hard student–teacher loss + autoencoder–teacher loss + student–autoencoder loss (paper eq. 1–3)."""
         grid = tuple(t.shape[-2:])
         a = net.ae(x, grid)
         if net.training and max(grid) > TRAIN_CROP:  # same window of image, teacher and autoencoder output

@@ -67,7 +67,7 @@ class VAE(FeatureModelDetector):
         latent: int = 32,
         beta: float = 1.0,
         context_mask: float = 0.0,
-        epochs: int = 30,
+        epochs: int = 20,
         train_batch: int = 8,
         lr: float = 1e-3,
         max_seconds: float | None = 120.0,

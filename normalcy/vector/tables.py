@@ -171,11 +171,16 @@ def _read_arrays(path: Path, X: np.ndarray, y: np.ndarray | None, label_column: 
 def _read_npz(path: Path, label_column: str | int | None) -> Table:
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "X" not in data:
-                raise DataError(f"{path}: NPZ needs an array named 'X' (found {sorted(data.files)})")
-            return _read_arrays(path, data["X"], data["y"] if "y" in data else None, label_column)
+            files = sorted(data.files)
+            X = data["X"] if "X" in files else None
+            y = data["y"] if "y" in files else None
     except ValueError as exc:  # object arrays need pickle: refused on purpose
         raise DataError(f"{path}: cannot read NPZ without pickle ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
+    if X is None:
+        raise DataError(f"{path}: NPZ needs an array named 'X' (found {files})")
+    return _read_arrays(path, X, y, label_column)
 
 
 def _read_mat(path: Path, label_column: str | int | None) -> Table:
@@ -185,8 +190,8 @@ def _read_mat(path: Path, label_column: str | int | None) -> Table:
         data = loadmat(path)
     except NotImplementedError:
         raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save with -v7") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not a readable .mat file ({exc})") from None
+    except Exception as exc:  # scipy raises several types for corrupt or truncated files
+        raise DataError(f"{path}: not a readable .mat file ({type(exc).__name__}: {exc})") from None
     if "X" not in data:
         keys = sorted(k for k in data if not k.startswith("__"))
         raise DataError(f"{path}: .mat needs a variable named 'X' (found {keys})")

@@ -1,0 +1,213 @@
+"""Few-shot detection from k normal references (cf. "Search is All You Need for Few-shot Anomaly Detection").
+
+Each query patch is scored by its distance to the nearest patch of k normal reference images, whose bank is
+enlarged with flipped/rotated views of the references. Features are the backbone's stride-8 and stride-16 stages
+(multi-stage, locally aggregated) computed on a reflect-padded canvas, so cells at the image border carry no
+zero-padding artefacts. The image score ignores a thin border band (the classic 224-of-256 centre crop).
+
+This module also holds what the other few-shot and zero-shot detectors share: views, padded features, reference
+sampling and the image-score border rule.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from normalcy.detectors.image import ImageDetector, masked_max
+from normalcy.detectors.search import greedy_coreset, nearest_neighbors
+from normalcy.errors import ParameterError
+from normalcy.features.preprocess import prepare_batch, valid_grid
+
+AUGMENTS = ("none", "flip", "dihedral")
+
+
+def sample_references(items: Sequence, shots: int, seed: int = 0) -> list:
+    """`shots` items drawn without replacement with a seeded generator (ParameterError if too few)."""
+    if not isinstance(shots, (int, np.integer)) or isinstance(shots, bool) or shots < 1:
+        raise ParameterError(f"shots must be a positive integer, got {shots!r}")
+    if shots > len(items):
+        raise ParameterError(f"asked for {shots} reference images but only {len(items)} normal images are available")
+    idx = np.sort(np.random.default_rng(seed).choice(len(items), int(shots), replace=False))
+    return [items[int(i)] for i in idx]
+
+
+def views(x: torch.Tensor, augment: str) -> torch.Tensor:
+    """Stack the flip/rotation views of a B×…×S×S batch (view-major): 1, 4 or 8 views per image."""
+    if augment not in AUGMENTS:
+        raise ParameterError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+    out = [x]
+    if augment in ("flip", "dihedral"):
+        out += [x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+    if augment == "dihedral":
+        t = x.transpose(-1, -2)
+        out += [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
+    return torch.cat(out)
+
+
+def erode(valid: torch.Tensor, cells: int) -> torch.Tensor:
+    """Shrink B×h×w valid masks by `cells` on every side (never to nothing: falls back to the mask itself)."""
+    if cells <= 0:
+        return valid
+    inner = -F.max_pool2d(-valid[:, None].float(), 2 * cells + 1, stride=1, padding=cells)[:, 0] > 0.5
+    empty = ~inner.flatten(1).any(1)
+    inner[empty] = valid[empty]
+    return inner
+
+
+def aggregate_stages(stages: Sequence[torch.Tensor], size: int, crop: int = 0) -> torch.Tensor:
+    """Average each stage over a `size`×`size` neighbourhood, upsample to the finest grid, concatenate, crop."""
+    target = stages[0].shape[-2:]
+    parts = []
+    for f in stages:
+        if size > 1:
+            p = size // 2
+            f = F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), size, stride=1)
+        if f.shape[-2:] != target:
+            f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
+        parts.append(f)
+    feats = torch.cat(parts, dim=1)
+    return feats[..., crop : feats.shape[-2] - crop, crop : feats.shape[-1] - crop].contiguous()
+
+
+class FewShot(ImageDetector):
+    """Nearest-neighbour distance of each query patch to the augmented patches of k normal references."""
+
+    name = "fewshot"
+    min_fit_items = 1
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        weights: str | Path | None = None,
+        image_size: int = 256,
+        resize_mode: str = "stretch",
+        strides: Sequence[int] = (8, 16),
+        aggregate: int = 1,
+        project_dim: int | None = None,
+        augment: str = "flip",
+        pad: float = 0.125,
+        border: float = 0.0625,
+        max_bank: int = 16384,
+        sigma: float = 4.0,
+        batch_size: int = 8,
+        memory_budget_mb: int = 256,
+        alpha: float = 0.01,
+        pixel_fpr: float = 0.001,
+        calibration_fraction: float = 0.2,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self._store_params(locals())
+
+    def _store_params(self, values: dict[str, Any]) -> None:
+        """sklearn rule: every `__init__` argument stored as-is under its own name."""
+        for name in self._param_names():
+            setattr(self, name, values[name])
+
+    # ---- features ---------------------------------------------------------------------------------------
+    def _pad_cells(self) -> int:
+        """Reflect padding added around the canvas, in cells of the finest stride."""
+        if not 0.0 <= float(self.pad) < 1.0:
+            raise ParameterError(f"pad must be a fraction of the image size in [0, 1), got {self.pad}")
+        return int(round(float(self.pad) * int(self.image_size) / min(self.strides)))
+
+    def _features(self, x: torch.Tensor, raw: bool = False) -> Any:
+        """Patch features (or raw stages) of a B×3×S×S batch, computed on a reflect-padded canvas."""
+        cells = self._pad_cells()
+        px = cells * min(self.strides)
+        if px:
+            x = F.pad(x, (px, px, px, px), mode="reflect" if px < x.shape[-1] else "replicate")
+        ext = self.extractor
+        if raw:
+            return ext.backbone_only(x)
+        feats = ext(x)
+        return feats[..., cells : feats.shape[-2] - cells, cells : feats.shape[-1] - cells].contiguous()
+
+    def iter_features(
+        self, items: list, desc: str = "features", raw: bool = False, augment: str = "none"
+    ) -> Iterator[tuple[Any, list, torch.Tensor]]:
+        """Yield (features, placements, valid cells) per batch; `augment` stacks flip/rotation views."""
+        from normalcy.data import as_rgb_array
+
+        size = int(self.image_size)
+        grid = (-(-size // min(self.strides)),) * 2
+        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
+        try:
+            for start in range(0, len(items), int(self.batch_size)):
+                chunk = items[start : start + int(self.batch_size)]
+                x, placements = prepare_batch([as_rgb_array(a) for a in chunk], size, self.resize_mode)
+                valid = valid_grid(placements, size, grid)
+                if augment != "none":
+                    x, valid = views(x, augment), views(valid, augment)
+                yield self._features(x, raw), placements, valid
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    def reference_features(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (V×C×h×w) and valid cells (V×h×w) of every augmented view of the references."""
+        feats, valid = [], []
+        for f, _, v in self.iter_features(items, "references", augment=self.augment):
+            feats.append(f)
+            valid.append(v)
+        return torch.cat(feats), torch.cat(valid)
+
+    def score_cells(self, valid: torch.Tensor) -> torch.Tensor:
+        """Cells that decide the image score: valid ones away from the border band."""
+        if not 0.0 <= float(self.border) < 0.5:
+            raise ParameterError(f"border must be a fraction in [0, 0.5), got {self.border}")
+        return erode(valid, int(round(float(self.border) * valid.shape[-2])))
+
+    # ---- fit / score --------------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> Self:
+        """Fit on the k reference images; with k = 1 there is nothing to calibrate on (p-values are NaN)."""
+        super().fit(X, y)
+        if self.calibration_.n == 0:
+            warnings.warn(
+                f"{type(self).__name__} was fitted on {self.n_fit_} reference image(s): no normal image is left "
+                "to calibrate on, so p-values are NaN and predict() flags nothing. Scores and maps are valid; "
+                "fit on 2 or more references for p-values (at least 1/alpha - 1 for decisions at level alpha).",
+                UserWarning, stacklevel=2,
+            )
+        return self
+
+    def _fit(self, items: list) -> None:
+        feats, valid = self.reference_features(items)
+        self._set_bank(feats.permute(0, 2, 3, 1)[valid])
+
+    def _set_bank(self, patches: torch.Tensor) -> None:
+        """Keep the patches (greedy coreset down to `max_bank` rows when there are more)."""
+        if int(self.max_bank) < 1:
+            raise ParameterError(f"max_bank must be a positive integer, got {self.max_bank}")
+        if patches.shape[0] > int(self.max_bank):
+            keep = greedy_coreset(patches, int(self.max_bank) / patches.shape[0], seed=self.seed)
+            patches = patches[keep]
+        self.bank_ = patches.contiguous()
+        self._bank_sq = self.bank_.pow(2).sum(1)
+
+    def nearest(self, feats: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distances and indices (B·h·w × k) of each cell's k nearest bank patches."""
+        c = feats.shape[1]
+        return nearest_neighbors(feats.permute(0, 2, 3, 1).reshape(-1, c), self.bank_, k,
+                                 int(self.memory_budget_mb), self._bank_sq)
+
+    def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = feats.shape
+        maps = self.nearest(feats)[0][:, 0].view(b, h, w)
+        return masked_max(maps, self.score_cells(valid)), maps
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"bank": self.bank_.numpy()}
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.bank_ = torch.from_numpy(np.ascontiguousarray(arrays["bank"], dtype=np.float32))
+        self._bank_sq = self.bank_.pow(2).sum(1)
