@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="a category folder or a root of category folders")
     p.add_argument("--json", help="write the results as JSON to this file")
     p.add_argument("--timing-images", type=int, default=20, help="images timed at batch 1 (default 20)")
+    p.add_argument("--shots", help="few-shot: numbers of train/good references, e.g. 1,2,4,8 (docs/fewshot.md)")
+    p.add_argument("--seeds", help="few-shot: reference-sampling seeds, e.g. 0,1,2 (mean ± std reported)")
+    p.add_argument("--multiclass", action="store_true", help="also fit one model on all categories together")
     add_detector_options(p)
 
     sub.add_parser("bench-vector", help="tables/texts/series benchmark against PyOD (see docs/vector.md)",
@@ -167,6 +170,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from normalcy.bench.images import run_image_bench
 
     detectors = [d.strip() for d in args.detector.split(",") if d.strip()]
+    from normalcy.detectors import detector_class
+
+    if args.shots or args.seeds or args.multiclass or any(getattr(detector_class(d), "zero_shot", False)
+                                                          for d in detectors):
+        from normalcy.bench.fewshot import run_fewshot_bench
+
+        ints = lambda text: [int(v) for v in text.split(",") if v.strip()] if text else None  # noqa: E731
+        run_fewshot_bench(args.data, detectors, detector_params(args), args.json, args.timing_images,
+                          ints(args.shots), ints(args.seeds) or [0], args.multiclass)
+        return EXIT_OK
     run_image_bench(args.data, detectors, detector_params(args), args.json, args.timing_images)
     return EXIT_OK
 

@@ -49,7 +49,9 @@ def sliding_windows(series: np.ndarray, window: int, step: int = 1, difference: 
     difference = check_int("difference", difference, low=0)
     d = np.diff(s, n=difference, axis=0) if difference else s
     if len(d) < window:
-        raise ShapeError(f"series of {len(s)} rows is too short for window={window} after difference={difference}")
+        raise ShapeError(
+            f"series of {len(s)} rows is too short for window={window} after difference={difference}"
+        )
     starts = np.arange(0, len(d) - window + 1, step)
     last = len(d) - window
     if starts[-1] != last:  # always cover the end of the series
@@ -126,7 +128,9 @@ class SeriesDetector(Detector):
         s = as_series(X)
         channels = getattr(self, "n_channels_", None)
         if channels is not None and s.shape[1] != channels:
-            raise ShapeError(f"SeriesDetector was fitted on {channels} channel(s) but the series has {s.shape[1]}")
+            raise ShapeError(
+                f"SeriesDetector was fitted on {channels} channel(s) but the series has {s.shape[1]}"
+            )
         return s
 
     def fit(self, X: Any, y: Any = None) -> SeriesDetector:
@@ -164,7 +168,9 @@ class SeriesDetector(Detector):
     def _score(self, items: np.ndarray) -> ScoreResult:
         rows, starts = sliding_windows(items, self.window, 1, self.difference)
         ws = self.detector_._score(rows).scores
-        return ScoreResult(_fill_edges(window_to_point_scores(ws, starts, int(self.window), len(items), self.reduce)))
+        return ScoreResult(
+            _fill_edges(window_to_point_scores(ws, starts, int(self.window), len(items), self.reduce))
+        )
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"detector." + k: v for k, v in self.detector_._state_arrays().items()}
@@ -194,7 +200,12 @@ def composite_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     s = np.asarray(scores, dtype=np.float64)
     events = label_events(y)
     if not events or y.all():
-        return {"f1": float("nan"), "precision": float("nan"), "recall": float("nan"), "threshold": float("nan")}
+        return {
+            "f1": float("nan"),
+            "precision": float("nan"),
+            "recall": float("nan"),
+            "threshold": float("nan"),
+        }
     event_max = np.sort([s[a:b].max() for a, b in events])
     thresholds = np.unique(s)[::-1]  # flag score >= t
     order = np.sort(s)
@@ -206,14 +217,21 @@ def composite_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     best = int(np.argmax(f1))
-    return {"f1": float(f1[best]), "precision": float(precision[best]), "recall": float(recall[best]),
-            "threshold": float(thresholds[best])}
+    return {
+        "f1": float(f1[best]),
+        "precision": float(precision[best]),
+        "recall": float(recall[best]),
+        "threshold": float(thresholds[best]),
+    }
 
 
 def series_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Point AUROC, point AUPR and best composite (event) F1 of per-timestamp scores."""
-    return {"auroc": auroc(labels, scores), "aupr": average_precision(labels, scores),
-            "event_f1": composite_f1(labels, scores)["f1"]}
+    return {
+        "auroc": auroc(labels, scores),
+        "aupr": average_precision(labels, scores),
+        "event_f1": composite_f1(labels, scores)["f1"],
+    }
 
 
 # --- NAB --------------------------------------------------------------------------------------------------
@@ -258,7 +276,7 @@ def read_nab_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_nab(root: str | Path, categories: list[str] | None = None) -> list[NabSeries]:
-    """Every `data/<category>/<file>.csv` under a NAB folder with labels from `labels/combined_windows.json`."""
+    """Every `data/<category>/<file>.csv` under a NAB folder, labelled from `labels/combined_windows.json`."""
     root = Path(root)
     if not root.is_dir():
         raise PathNotFoundError(f"NAB folder not found: {root}")

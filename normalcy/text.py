@@ -83,7 +83,7 @@ class Tfidf:
 
 
 def resolve_embedding(embedding: str) -> str:
-    """"auto" -> "minilm" when its package is installed, else "tfidf"."""
+    """ "auto" -> "minilm" when its package is installed, else "tfidf"."""
     check_choice("embedding", embedding, EMBEDDINGS)
     if embedding != "auto":
         return embedding
@@ -123,7 +123,9 @@ class TextDetector(Detector):
         if kind == "minilm":  # fixed model: embed once, cross-fitting then reuses the rows
             from normalcy.vector import minilm
 
-            return minilm.embed(list(texts), batch_size=check_int("batch_size", self.batch_size)).astype(np.float64)
+            return minilm.embed(list(texts), batch_size=check_int("batch_size", self.batch_size)).astype(
+                np.float64
+            )
         return texts
 
     def fit(self, X: Any, y: Any = None) -> TextDetector:

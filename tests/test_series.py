@@ -40,7 +40,9 @@ def test_sliding_windows_univariate_and_multivariate():
 def test_window_to_point_scores():
     out = window_to_point_scores(np.array([1.0, 5.0, 2.0]), np.array([0, 1, 2]), window=2, n=4)
     np.testing.assert_array_equal(out, [1, 5, 5, 2])
-    mean = window_to_point_scores(np.array([1.0, 5.0, 2.0]), np.array([0, 1, 2]), window=2, n=5, reduce="mean")
+    mean = window_to_point_scores(
+        np.array([1.0, 5.0, 2.0]), np.array([0, 1, 2]), window=2, n=5, reduce="mean"
+    )
     np.testing.assert_allclose(mean[:4], [1, 3, 3.5, 2])
     assert np.isnan(mean[4])
 
@@ -84,7 +86,9 @@ def test_series_detector_finds_injected_anomaly():
     preds = det.predict(test[:100], alpha=0.05)
     assert len(preds) == 100 and all(0 < p.p_value <= 1 for p in preds)
     fresh = SeriesDetector(**det.get_params())
-    fresh._load_state({k: np.array(v) for k, v in det._state_arrays().items()}, json.loads(json.dumps(det._state_meta())))
+    fresh._load_state(
+        {k: np.array(v) for k, v in det._state_arrays().items()}, json.loads(json.dumps(det._state_meta()))
+    )
     np.testing.assert_array_equal(fresh.score(test).scores, scores)
     with pytest.raises(ShapeError, match="channel"):
         det.score(np.stack([test, test], axis=1))

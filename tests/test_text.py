@@ -32,7 +32,11 @@ def normal_texts(seed: int, n: int) -> list[str]:
     out = []
     for _ in range(n):
         t = NORMAL_TEMPLATES[rng.integers(len(NORMAL_TEMPLATES))]
-        out.append(t.format(rng.choice(words) if "{} report" in t else int(rng.integers(1, 12)), int(rng.integers(1, 9))))
+        out.append(
+            t.format(
+                rng.choice(words) if "{} report" in t else int(rng.integers(1, 12)), int(rng.integers(1, 9))
+            )
+        )
     return out
 
 
@@ -46,9 +50,13 @@ def test_tfidf_path_separates_and_round_trips():
     preds = det.predict(test[:3], alpha=0.05)
     assert all(0 < p.p_value <= 1 for p in preds)
     fresh = TextDetector(**det.get_params())
-    fresh._load_state({k: np.array(v) for k, v in det._state_arrays().items()}, json.loads(json.dumps(det._state_meta())))
+    fresh._load_state(
+        {k: np.array(v) for k, v in det._state_arrays().items()}, json.loads(json.dumps(det._state_meta()))
+    )
     np.testing.assert_allclose(fresh.score(test).scores, scores, rtol=1e-12)
-    np.testing.assert_array_equal(TextDetector(**det.get_params()).fit(normal_texts(0, 200)).score(test).scores, scores)
+    np.testing.assert_array_equal(
+        TextDetector(**det.get_params()).fit(normal_texts(0, 200)).score(test).scores, scores
+    )
 
 
 def test_text_errors_and_auto_fallback(monkeypatch):

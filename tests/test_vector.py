@@ -33,7 +33,9 @@ def data():
     test_normal = blobs(1, 60)
     rng = np.random.default_rng(2)
     outliers = rng.normal(size=(20, 5))
-    outliers = 1.5 + 9.0 * outliers / np.linalg.norm(outliers, axis=1, keepdims=True)  # far from both clusters
+    outliers = 1.5 + 9.0 * outliers / np.linalg.norm(
+        outliers, axis=1, keepdims=True
+    )  # far from both clusters
     X_test = np.vstack([test_normal, outliers])
     y_test = np.r_[np.zeros(60), np.ones(20)]
     return normal, X_test, y_test

@@ -25,8 +25,19 @@ def test_tabular_json_shape(tmp_path, capsys):
     write_set(folder / "a.npz", 0)
     write_set(folder / "b.npz", 1)
     out = tmp_path / "out.json"
-    code = main([str(folder), "--no-pyod", "--seeds", "2", "--detectors", "knn,ecod,pca,mahalanobis",
-                 "--json", str(out), "--quiet"])
+    code = main(
+        [
+            str(folder),
+            "--no-pyod",
+            "--seeds",
+            "2",
+            "--detectors",
+            "knn,ecod,pca,mahalanobis",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     data = json.loads(out.read_text())
     assert list(data) == ["results"]
@@ -51,8 +62,10 @@ def test_text_and_series_modes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(minilm, "available", lambda: False)  # keep the test fast: TF-IDF only
     rng = np.random.default_rng(0)
-    lines = [f"ham\tsee you at {rng.integers(1, 12)} for the {rng.choice(['demo', 'review', 'lunch'])}"
-             for _ in range(120)]
+    lines = [
+        f"ham\tsee you at {rng.integers(1, 12)} for the {rng.choice(['demo', 'review', 'lunch'])}"
+        for _ in range(120)
+    ]
     lines += [f"spam\tWIN {rng.integers(100, 999)} FREE prize call now" for _ in range(20)]
     sms = tmp_path / "sms"
     sms.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -61,14 +74,31 @@ def test_text_and_series_modes(tmp_path, monkeypatch):
     (nab / "labels").mkdir()
     values = np.sin(np.arange(800) / 8.0)
     values[600:610] += 3
-    rows = ["timestamp,value"] + [f"2014-01-0{1 + i // 1440} {i // 60 % 24:02d}:{i % 60:02d}:00,{v:.5f}"
-                                  for i, v in enumerate(values)]
+    rows = ["timestamp,value"] + [
+        f"2014-01-0{1 + i // 1440} {i // 60 % 24:02d}:{i % 60:02d}:00,{v:.5f}" for i, v in enumerate(values)
+    ]
     (nab / "data" / "cat" / "s.csv").write_text("\n".join(rows) + "\n")
     start, end = rows[601].split(",")[0], rows[615].split(",")[0]
     (nab / "labels" / "combined_windows.json").write_text(json.dumps({"cat/s.csv": [[start, end]]}))
     out = tmp_path / "o.json"
-    assert main(["--text", str(sms), "--series", str(nab), "--seeds", "1", "--window", "16", "--json", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--text",
+                str(sms),
+                "--series",
+                str(nab),
+                "--seeds",
+                "1",
+                "--window",
+                "16",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["results"]
     text = [r for r in rows if r["dataset"] == "sms_spam"]
     assert [r["detector"] for r in text] == ["tfidf+knn"] and text[0]["auroc"] > 0.9

@@ -15,7 +15,9 @@ from normalcy.vector.tables import read_table
 TABULAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tabular"
 
 
-@pytest.mark.skipif(not (TABULAR / "6_cardio.npz").is_file(), reason=f"shared data not found at {TABULAR.resolve()}")
+@pytest.mark.skipif(
+    not (TABULAR / "6_cardio.npz").is_file(), reason=f"shared data not found at {TABULAR.resolve()}"
+)
 def test_cardio_knn_and_ecod():
     t = read_table(TABULAR / "6_cardio.npz")
     assert t.X.shape == (1831, 21) and int(t.y.sum()) == 176

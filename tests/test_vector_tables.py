@@ -15,7 +15,10 @@ def write(path, text: str):
 
 
 def test_csv_numeric_and_categorical(tmp_path):
-    p = write(tmp_path / "t.csv", "a,color,b,label\n1,red,2.5,0\n2,blue,3.5,0\n3,red,4.5,1\n4,green,,0\n"[:-11] + "\n")
+    p = write(
+        tmp_path / "t.csv",
+        "a,color,b,label\n1,red,2.5,0\n2,blue,3.5,0\n3,red,4.5,1\n4,green,,0\n"[:-11] + "\n",
+    )
     t = read_table(p, label_column="label")
     assert t.columns == ["a", "color", "b"]
     assert t.categorical == [1] and t.numeric == [0, 2]

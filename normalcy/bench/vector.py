@@ -66,7 +66,9 @@ def pyod_missing_reason() -> str | None:
     return None
 
 
-def timed_run(make: Callable[[], Any], X_fit: np.ndarray, X_test: np.ndarray, ours: bool) -> tuple[np.ndarray, float]:
+def timed_run(
+    make: Callable[[], Any], X_fit: np.ndarray, X_test: np.ndarray, ours: bool
+) -> tuple[np.ndarray, float]:
     """Fit on X_fit, score X_test; returns (scores, wall seconds of fit + score)."""
     start = time.perf_counter()
     model = make()
@@ -88,15 +90,24 @@ def _warm_up(makers: dict[tuple[str, str], Callable[[], Any]]) -> None:
 def _summarize(per_seed: list[dict[str, float]]) -> dict[str, float]:
     a = np.array([[r["auroc"], r["ap"], r["seconds"]] for r in per_seed])
     return {
-        "auroc": float(a[:, 0].mean()), "ap": float(a[:, 1].mean()), "seconds": float(a[:, 2].mean()),
-        "auroc_std": float(a[:, 0].std()), "ap_std": float(a[:, 1].std()),
-        "seconds_median": float(np.median(a[:, 2])), "n_seeds": len(per_seed),
+        "auroc": float(a[:, 0].mean()),
+        "ap": float(a[:, 1].mean()),
+        "seconds": float(a[:, 2].mean()),
+        "auroc_std": float(a[:, 0].std()),
+        "ap_std": float(a[:, 1].std()),
+        "seconds_median": float(np.median(a[:, 2])),
+        "n_seeds": len(per_seed),
     }
 
 
 def run_tabular(
-    folder: Path, pattern: str, detectors: list[str], seeds: int, use_pyod: bool,
-    our_params: dict[str, Any], progress: bool = True,
+    folder: Path,
+    pattern: str,
+    detectors: list[str],
+    seeds: int,
+    use_pyod: bool,
+    our_params: dict[str, Any],
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """The tabular protocol over every matching `.npz` file; one row per dataset x library x detector."""
     from tqdm import tqdm
@@ -129,11 +140,23 @@ def run_tabular(
                         warnings.simplefilter("ignore")
                         scores, secs = timed_run(makers[(lib, det)], X_fit, X[test], lib == "normalcy")
                     results.setdefault((lib, det), []).append(
-                        {"auroc": auroc(y[test], scores), "ap": average_precision(y[test], scores), "seconds": secs}
+                        {
+                            "auroc": auroc(y[test], scores),
+                            "ap": average_precision(y[test], scores),
+                            "seconds": secs,
+                        }
                     )
         for (lib, det), per_seed in results.items():
             model = det if lib == "normalcy" else PYOD_MODELS[det][1]
-            rows.append({"dataset": path.stem, "library": lib, "detector": det, "model": model, **_summarize(per_seed)})
+            rows.append(
+                {
+                    "dataset": path.stem,
+                    "library": lib,
+                    "detector": det,
+                    "model": model,
+                    **_summarize(per_seed),
+                }
+            )
     return rows
 
 
@@ -171,10 +194,20 @@ def run_text(path: Path, seeds: int, progress: bool = True) -> list[dict[str, An
                 warnings.simplefilter("ignore")
                 make = lambda p=params, s=seed: TextDetector(seed=s, **p)  # noqa: E731
                 scores, secs = timed_run(make, fit_texts, list(arr[test]), True)
-            per_seed.append({"auroc": auroc(y[test], scores), "ap": average_precision(y[test], scores), "seconds": secs})
+            per_seed.append(
+                {"auroc": auroc(y[test], scores), "ap": average_precision(y[test], scores), "seconds": secs}
+            )
             if progress:
                 print(f"  text {name} seed {seed}: AUROC {per_seed[-1]['auroc']:.4f}", file=sys.stderr)
-        rows.append({"dataset": "sms_spam", "library": library, "detector": name, "model": name, **_summarize(per_seed)})
+        rows.append(
+            {
+                "dataset": "sms_spam",
+                "library": library,
+                "detector": name,
+                "model": name,
+                **_summarize(per_seed),
+            }
+        )
     return rows
 
 
@@ -202,15 +235,24 @@ def run_series(path: Path, window: int, progress: bool = True) -> list[dict[str,
         start = time.perf_counter()
         base = zscore_scores(s.values, n_fit)
         base_s = time.perf_counter() - start
-        for library, det, scores, secs in (("normalcy", f"series-knn-w{window}", ours, ours_s),
-                                           ("baseline", "zscore", base, base_s)):
+        for library, det, scores, secs in (
+            ("normalcy", f"series-knn-w{window}", ours, ours_s),
+            ("baseline", "zscore", base, base_s),
+        ):
             sc = scores[n_fit:]
             has = 0 < y.sum() < y.size
-            rows.append({
-                "dataset": f"nab/{s.name}", "library": library, "detector": det, "model": det,
-                "auroc": auroc(y, sc) if has else float("nan"), "ap": average_precision(y, sc) if has else float("nan"),
-                "event_f1": composite_f1(y, sc)["f1"] if has else float("nan"), "seconds": secs,
-            })
+            rows.append(
+                {
+                    "dataset": f"nab/{s.name}",
+                    "library": library,
+                    "detector": det,
+                    "model": det,
+                    "auroc": auroc(y, sc) if has else float("nan"),
+                    "ap": average_precision(y, sc) if has else float("nan"),
+                    "event_f1": composite_f1(y, sc)["f1"] if has else float("nan"),
+                    "seconds": secs,
+                }
+            )
     return rows
 
 
@@ -219,48 +261,75 @@ def _fmt(v: float) -> str:
     return "  n/a" if v != v else f"{v:.3f}"
 
 
-def print_tabular(rows: list[dict[str, Any]], out=sys.stdout) -> None:
+def print_tabular(rows: list[dict[str, Any]], out: Any = None) -> None:
     """Per-dataset side-by-side table and a per-detector summary (means, median speed ratio)."""
-    by = {(r["dataset"], r["library"], r["detector"]): r for r in rows if not r["dataset"].startswith(("nab/", "sms"))}
+    out = out or sys.stdout
+    by = {
+        (r["dataset"], r["library"], r["detector"]): r
+        for r in rows
+        if not r["dataset"].startswith(("nab/", "sms"))
+    }
     if not by:
         return
     datasets = sorted({k[0] for k in by})
     detectors = list(dict.fromkeys(k[2] for k in by))
-    print(f"{'dataset':22s} {'detector':12s} {'AUROC ours':>10s} {'PyOD':>6s} {'AP ours':>8s} {'PyOD':>6s} "
-          f"{'s ours':>8s} {'s PyOD':>8s} {'x faster':>8s}", file=out)
+    print(
+        f"{'dataset':22s} {'detector':12s} {'AUROC ours':>10s} {'PyOD':>6s} {'AP ours':>8s} {'PyOD':>6s} "
+        f"{'s ours':>8s} {'s PyOD':>8s} {'x faster':>8s}",
+        file=out,
+    )
     for d in datasets:
         for det in detectors:
             a, b = by.get((d, "normalcy", det)), by.get((d, "pyod", det))
             if a is None:
                 continue
             ratio = b["seconds"] / a["seconds"] if b else float("nan")
-            print(f"{d:22s} {det:12s} {_fmt(a['auroc']):>10s} {_fmt(b['auroc'] if b else float('nan')):>6s} "
-                  f"{_fmt(a['ap']):>8s} {_fmt(b['ap'] if b else float('nan')):>6s} {a['seconds']:8.3f} "
-                  f"{(b['seconds'] if b else float('nan')):8.3f} {ratio:8.2f}", file=out)
+            print(
+                f"{d:22s} {det:12s} {_fmt(a['auroc']):>10s} {_fmt(b['auroc'] if b else float('nan')):>6s} "
+                f"{_fmt(a['ap']):>8s} {_fmt(b['ap'] if b else float('nan')):>6s} {a['seconds']:8.3f} "
+                f"{(b['seconds'] if b else float('nan')):8.3f} {ratio:8.2f}",
+                file=out,
+            )
     print("\nmean over datasets (speed: median over datasets of PyOD seconds / normalcy seconds)", file=out)
-    print(f"{'detector':12s} {'AUROC ours':>10s} {'PyOD':>6s} {'AP ours':>8s} {'PyOD':>6s} {'median x':>9s}", file=out)
+    print(
+        f"{'detector':12s} {'AUROC ours':>10s} {'PyOD':>6s} {'AP ours':>8s} {'PyOD':>6s} {'median x':>9s}",
+        file=out,
+    )
     for det in detectors:
         ours = [by[(d, "normalcy", det)] for d in datasets if (d, "normalcy", det) in by]
         theirs = [by[(d, "pyod", det)] for d in datasets if (d, "pyod", det) in by]
-        ratios = [by[(d, "pyod", det)]["seconds"] / by[(d, "normalcy", det)]["seconds"]
-                  for d in datasets if (d, "pyod", det) in by and (d, "normalcy", det) in by]
+        ratios = [
+            by[(d, "pyod", det)]["seconds"] / by[(d, "normalcy", det)]["seconds"]
+            for d in datasets
+            if (d, "pyod", det) in by and (d, "normalcy", det) in by
+        ]
         mean = lambda rs, k: float(np.mean([r[k] for r in rs])) if rs else float("nan")  # noqa: E731
         med = statistics.median(ratios) if ratios else float("nan")
-        print(f"{det:12s} {_fmt(mean(ours, 'auroc')):>10s} {_fmt(mean(theirs, 'auroc')):>6s} "
-              f"{_fmt(mean(ours, 'ap')):>8s} {_fmt(mean(theirs, 'ap')):>6s} {med:9.2f}", file=out)
+        print(
+            f"{det:12s} {_fmt(mean(ours, 'auroc')):>10s} {_fmt(mean(theirs, 'auroc')):>6s} "
+            f"{_fmt(mean(ours, 'ap')):>8s} {_fmt(mean(theirs, 'ap')):>6s} {med:9.2f}",
+            file=out,
+        )
 
 
-def print_other(rows: list[dict[str, Any]], out=sys.stdout) -> None:
+def print_other(rows: list[dict[str, Any]], out: Any = None) -> None:
     """SMS spam rows and NAB per-category means."""
+    out = out or sys.stdout
     sms = [r for r in rows if r["dataset"] == "sms_spam"]
     for r in sms:
-        print(f"sms_spam  {r['library']:9s} {r['detector']:12s} AUROC {r['auroc']:.4f}  AP {r['ap']:.4f}  "
-              f"{r['seconds']:.1f} s", file=out)
+        print(
+            f"sms_spam  {r['library']:9s} {r['detector']:12s} AUROC {r['auroc']:.4f}  AP {r['ap']:.4f}  "
+            f"{r['seconds']:.1f} s",
+            file=out,
+        )
     nab = [r for r in rows if r["dataset"].startswith("nab/")]
     if not nab:
         return
-    print(f"\n{'NAB category':24s} {'library':9s} {'detector':16s} {'AUROC':>6s} {'AUPR':>6s} {'eventF1':>7s}"
-          f" {'series':>6s}", file=out)
+    print(
+        f"\n{'NAB category':24s} {'library':9s} {'detector':16s} {'AUROC':>6s} {'AUPR':>6s} {'eventF1':>7s}"
+        f" {'series':>6s}",
+        file=out,
+    )
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in nab:
         groups.setdefault((r["dataset"].split("/")[1], r["library"], r["detector"]), []).append(r)
@@ -270,8 +339,11 @@ def print_other(rows: list[dict[str, Any]], out=sys.stdout) -> None:
         if not vals:
             continue
         m = {k: float(np.mean([r[k] for r in vals])) for k in ("auroc", "ap", "event_f1")}
-        print(f"{cat:24s} {lib:9s} {det:16s} {m['auroc']:6.3f} {m['ap']:6.3f} {m['event_f1']:7.3f} {len(vals):6d}",
-              file=out)
+        print(
+            f"{cat:24s} {lib:9s} {det:16s} {m['auroc']:6.3f} {m['ap']:6.3f} {m['event_f1']:7.3f} "
+            f"{len(vals):6d}",
+            file=out,
+        )
 
 
 # --- command line -----------------------------------------------------------------------------------------
@@ -281,16 +353,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", nargs="?", type=Path, help="folder of .npz sets (arrays X, y; 1 = anomaly)")
     p.add_argument("--json", type=Path, help="write {'results': [...]} here")
     p.add_argument("--seeds", type=int, default=5, help="splits per dataset (default 5)")
-    p.add_argument("--detectors", default=",".join(NUMERIC_DETECTORS), help="comma list of our detector names")
+    p.add_argument(
+        "--detectors", default=",".join(NUMERIC_DETECTORS), help="comma list of our detector names"
+    )
     p.add_argument("--datasets", default="*.npz", help="glob of dataset files inside the folder")
     p.add_argument("--no-pyod", action="store_true", help="skip the PyOD rows")
-    p.add_argument("--calibration-fraction", type=float, default=None,
-                   help="pass to our detectors (default: their own, 0.2, so p-values come for free)")
+    p.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=None,
+        help="pass to our detectors (default: their own, 0.2, so p-values come for free)",
+    )
     p.add_argument("--text", type=Path, help="SMS Spam Collection file: MiniLM+kNN vs TF-IDF+kNN")
     p.add_argument("--series", type=Path, help="NAB folder: windowed kNN vs z-score baseline")
     p.add_argument("--window", type=int, default=32, help="series window length (default 32)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch threads for BOTH libraries (default 1; tiny nets are slower with more)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch threads for BOTH libraries (default 1; tiny nets are slower with more)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -320,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.folder.is_dir():
             print(f"not a folder: {args.folder}", file=sys.stderr)
             return 2
-        rows += run_tabular(args.folder, args.datasets, detectors, args.seeds, use_pyod, params, not args.quiet)
+        rows += run_tabular(
+            args.folder, args.datasets, detectors, args.seeds, use_pyod, params, not args.quiet
+        )
         print_tabular(rows)
     if args.text is not None:
         rows += run_text(args.text, args.seeds, not args.quiet)

@@ -123,7 +123,7 @@ class Detector(Estimator):
         elif 1.0 / (n_cal + 1) > alpha:
             warnings.warn(f"{type(self).__name__}: with {n_cal} calibration scores the smallest p-value is "
                           f"{1 / (n_cal + 1):.4f} > alpha={alpha}, so nothing can be flagged at this alpha; use at "
-                          f"least {int(np.ceil(1 / alpha)) - 1} normal images or a larger alpha",
+                          f"least {int(np.ceil(1 / alpha)) - 1} normal items or a larger alpha",
                           UserWarning, stacklevel=3)
 
     def _set_calibration(self, method: str, scores: list[np.ndarray], maps: list[np.ndarray]) -> None:

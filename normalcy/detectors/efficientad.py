@@ -10,6 +10,8 @@ teacher grid, trained on the teacher. The local map is the student–teacher err
 student–autoencoder error; each is normalized by the 0.9 and 0.995 quantiles of its values on held-out normal
 images, then averaged. Not included: the ImageNet penalty and the autoencoder's input augmentation (both need
 data or teacher passes we do not have at training time; features are extracted once).
+Status: under-trained at the default two-minute CPU budget (chance-level image AUROC on magnetic_tile); see
+docs/trained.md before relying on it.
 """
 
 from __future__ import annotations

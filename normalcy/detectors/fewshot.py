@@ -5,23 +5,26 @@ enlarged with flipped/rotated views of the references. Features are the backbone
 (multi-stage, locally aggregated) computed on a reflect-padded canvas, so cells at the image border carry no
 zero-padding artefacts. The image score ignores a thin border band (the classic 224-of-256 centre crop).
 
+Calibration: with k = 1 no normal image is left to calibrate on, so p-values are NaN and nothing is flagged (the
+base class warns); with k >= 2 the references are cross-fitted (each scored by a model of the others), and the
+smallest reachable p-value is 1/(k+1).
+
 This module also holds what the other few-shot and zero-shot detectors share: views, padded features, reference
 sampling and the image-score border rule.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from normalcy.detectors.image import ImageDetector, masked_max
+from normalcy.detectors.image import CachedFeatures, ImageDetector, masked_max
 from normalcy.detectors.search import greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
 from normalcy.features.preprocess import prepare_batch, valid_grid
@@ -95,6 +98,7 @@ class FewShot(ImageDetector):
         augment: str = "flip",
         pad: float = 0.125,
         border: float = 0.0625,
+        center: bool = True,
         max_bank: int = 16384,
         sigma: float = 4.0,
         batch_size: int = 8,
@@ -143,6 +147,7 @@ class FewShot(ImageDetector):
         try:
             for start in range(0, len(items), int(self.batch_size)):
                 chunk = items[start : start + int(self.batch_size)]
+                chunk = [getattr(c, "source", c) if isinstance(c, CachedFeatures) else c for c in chunk]
                 x, placements = prepare_batch([as_rgb_array(a) for a in chunk], size, self.resize_mode)
                 valid = valid_grid(placements, size, grid)
                 if augment != "none":
@@ -151,6 +156,10 @@ class FewShot(ImageDetector):
                 bar.update(len(chunk))
         finally:
             bar.close()
+
+    def _cache_features(self, items: list) -> list:
+        """No feature cache across folds: references are augmented in pixel space, so folds re-extract."""
+        return items
 
     def reference_features(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (V×C×h×w) and valid cells (V×h×w) of every augmented view of the references."""
@@ -166,19 +175,15 @@ class FewShot(ImageDetector):
             raise ParameterError(f"border must be a fraction in [0, 0.5), got {self.border}")
         return erode(valid, int(round(float(self.border) * valid.shape[-2])))
 
-    # ---- fit / score --------------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> Self:
-        """Fit on the k reference images; with k = 1 there is nothing to calibrate on (p-values are NaN)."""
-        super().fit(X, y)
-        if self.calibration_.n == 0:
-            warnings.warn(
-                f"{type(self).__name__} was fitted on {self.n_fit_} reference image(s): no normal image is left "
-                "to calibrate on, so p-values are NaN and predict() flags nothing. Scores and maps are valid; "
-                "fit on 2 or more references for p-values (at least 1/alpha - 1 for decisions at level alpha).",
-                UserWarning, stacklevel=2,
-            )
-        return self
+    def image_scores(self, maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Max over the scored cells, minus the image's median cell score when `center` (a global offset)."""
+        scores = masked_max(maps, self.score_cells(valid))
+        if self.center:
+            flat = maps.masked_fill(~valid, float("nan")).flatten(1)
+            scores = scores - flat.nanmedian(dim=1).values
+        return scores
 
+    # ---- fit / score --------------------------------------------------------------------------------------
     def _fit(self, items: list) -> None:
         feats, valid = self.reference_features(items)
         self._set_bank(feats.permute(0, 2, 3, 1)[valid])
@@ -202,7 +207,7 @@ class FewShot(ImageDetector):
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, h, w = feats.shape
         maps = self.nearest(feats)[0][:, 0].view(b, h, w)
-        return masked_max(maps, self.score_cells(valid)), maps
+        return self.image_scores(maps, valid), maps
 
     # ---- persistence --------------------------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:

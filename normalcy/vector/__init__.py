@@ -25,7 +25,9 @@ def vector_detector_class(name: str) -> type:
     """The class registered under `name` (imported on first use)."""
     target = VECTOR_DETECTORS.get(name)
     if target is None:
-        raise ParameterError(f"unknown vector detector {name!r}; known: {', '.join(sorted(VECTOR_DETECTORS))}")
+        raise ParameterError(
+            f"unknown vector detector {name!r}; known: {', '.join(sorted(VECTOR_DETECTORS))}"
+        )
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)
 

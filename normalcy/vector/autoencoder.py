@@ -7,7 +7,6 @@ budget depends on machine speed, so only runs that finish within it are reproduc
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,9 @@ from normalcy.vector.scaling import SCALINGS, apply_scaling, fit_scaling
 def torch_threads(n: int) -> Iterator[None]:
     """Run a block with n torch threads: a tiny MLP step is slower with more (sync costs, worse when busy)."""
     before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
     torch.set_num_threads(n)
     try:
         yield
@@ -90,10 +92,10 @@ class AutoEncoder(VectorDetector):
 
     def __init__(
         self,
-        hidden: tuple[int, ...] | str = "auto",
-        dropout: float = 0.0,
-        epochs: int = 100,
-        batch_size: int = 128,
+        hidden: tuple[int, ...] | str = (64, 32),
+        dropout: float = 0.2,
+        epochs: int = 20,
+        batch_size: int = 256,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-5,
         patience: int = 10,
@@ -145,7 +147,9 @@ class AutoEncoder(VectorDetector):
 
     def _train(self, net: nn.Sequential, train: torch.Tensor, val: torch.Tensor, gen: torch.Generator) -> int:
         """Adam on MSE with early stopping on `val` (or on the training loss when there is no split)."""
-        opt = Adam(list(net.parameters()), lr=float(self.learning_rate), weight_decay=float(self.weight_decay))
+        opt = Adam(
+            list(net.parameters()), lr=float(self.learning_rate), weight_decay=float(self.weight_decay)
+        )
         start, best, best_state, stale = time.perf_counter(), float("inf"), None, 0
         bs = int(self.batch_size)
         epoch = 0
@@ -161,7 +165,8 @@ class AutoEncoder(VectorDetector):
                 total += float(loss.detach()) * len(idx)
             monitor = total / len(train) if len(val) == 0 else self._loss(net, val)
             if monitor < best and (best == float("inf") or monitor < best - 1e-6 * abs(best)):
-                best, best_state, stale = monitor, copy.deepcopy(net.state_dict()), 0
+                best, stale = monitor, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
                 stale += 1
             if stale >= int(self.patience) or time.perf_counter() - start > float(self.max_seconds):

@@ -98,7 +98,9 @@ class Categorical(VectorDetector):
         codes = self.codes_.encode(C)
         sizes = self.codes_.sizes() + 1  # one slot for "unseen"
         self.n_rows_ = len(C)
-        self.value_counts_ = np.concatenate([np.bincount(codes[:, j], minlength=s) for j, s in enumerate(sizes)])
+        self.value_counts_ = np.concatenate(
+            [np.bincount(codes[:, j], minlength=s) for j, s in enumerate(sizes)]
+        )
         self.value_offsets_ = np.concatenate([[0], np.cumsum(sizes)])
         keys, counts, offsets = [], [], [0]
         for j, k in self._pairs(C.shape[1]):
@@ -142,12 +144,19 @@ class Categorical(VectorDetector):
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {
-            "value_counts": self.value_counts_, "value_offsets": self.value_offsets_,
-            "pair_keys": self.pair_keys_, "pair_counts": self.pair_counts_, "pair_offsets": self.pair_offsets_,
+            "value_counts": self.value_counts_,
+            "value_offsets": self.value_offsets_,
+            "pair_keys": self.pair_keys_,
+            "pair_counts": self.pair_counts_,
+            "pair_offsets": self.pair_offsets_,
         }
 
     def _state_meta(self) -> dict[str, Any]:
-        return {**super()._state_meta(), "vocabularies": self.codes_.vocabularies, "n_rows": int(self.n_rows_)}
+        return {
+            **super()._state_meta(),
+            "vocabularies": self.codes_.vocabularies,
+            "n_rows": int(self.n_rows_),
+        }
 
     def _load_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         for key, value in arrays.items():

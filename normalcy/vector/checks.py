@@ -90,7 +90,9 @@ def check_int(name: str, value: Any, low: int = 1) -> int:
     return int(value)
 
 
-def check_float(name: str, value: Any, low: float = 0.0, high: float = float("inf"), open_low: bool = True) -> float:
+def check_float(
+    name: str, value: Any, low: float = 0.0, high: float = float("inf"), open_low: bool = True
+) -> float:
     """Validate a real parameter in (low, high] (or [low, high] with open_low=False)."""
     ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
     if ok:

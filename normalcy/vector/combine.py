@@ -1,4 +1,4 @@
-"""Put scores of different detectors on one scale: -log of their upper-tail probability among normal scores."""
+"""Put scores of different detectors on one scale: -log of their upper-tail probability among normal ones."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ _TAIL_FRACTION = 0.1
 
 
 def _tail_scales(sorted_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean excess of the outer 10 % of each column beyond its 90th (10th) percentile: exponential tail scales."""
+    """Mean excess of the outer 10 % of each column beyond its 90th (10th) percentile: the tail scales."""
     n = sorted_cols.shape[0]
     m = max(1, int(np.ceil(_TAIL_FRACTION * n)))
     spread = sorted_cols[-1] - sorted_cols[0]
@@ -61,7 +61,11 @@ class ECOD(VectorDetector):
     name = "ecod"
 
     def __init__(
-        self, aggregate: str = "sum_max", alpha: float = 0.01, calibration_fraction: float = 0.2, seed: int = 0
+        self,
+        aggregate: str = "sum_max",
+        alpha: float = 0.01,
+        calibration_fraction: float = 0.2,
+        seed: int = 0,
     ) -> None:
         self.aggregate = aggregate
         self.alpha = alpha
@@ -83,8 +87,10 @@ class ECOD(VectorDetector):
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {
-            "sorted": self.sorted_, "skew_sign": self.skew_sign_,
-            "lower_scale": self.lower_scale_, "upper_scale": self.upper_scale_,
+            "sorted": self.sorted_,
+            "skew_sign": self.skew_sign_,
+            "lower_scale": self.lower_scale_,
+            "upper_scale": self.upper_scale_,
         }
 
     def _load_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

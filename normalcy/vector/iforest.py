@@ -2,7 +2,7 @@
 
 After `sklearn.ensemble.IsolationForest.fit`, every tree is flattened into node arrays (feature, threshold,
 children, and for leaves the expected path length depth + c(n_leaf)). Scoring walks all trees at once with
-vectorized numpy and applies the same formula as scikit-learn (2^-E[h]/c(max_samples)); a test checks equality.
+vectorized numpy and applies scikit-learn's formula (2^-E[h]/c(max_samples)); a test checks equality.
 Nothing is pickled: the arrays are the model file.
 """
 
@@ -43,7 +43,9 @@ def _node_depths(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 def flatten_forest(forest: Any) -> dict[str, np.ndarray]:
     """Concatenate the fitted trees of a sklearn IsolationForest into flat node arrays (ids made global)."""
     n_features = forest.n_features_in_
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("feature", "threshold", "left", "right", "leaf_value")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("feature", "threshold", "left", "right", "leaf_value")
+    }
     roots, offset = [], 0
     for est, feats in zip(forest.estimators_, forest.estimators_features_):
         t = est.tree_
@@ -111,8 +113,11 @@ class IForest(VectorDetector):
 
         check_int("n_estimators", self.n_estimators)
         forest = IsolationForest(
-            n_estimators=int(self.n_estimators), max_samples=self.max_samples, max_features=self.max_features,
-            contamination="auto", random_state=int(self.seed),
+            n_estimators=int(self.n_estimators),
+            max_samples=self.max_samples,
+            max_features=self.max_features,
+            contamination="auto",
+            random_state=int(self.seed),
         ).fit(X)
         flat = flatten_forest(forest)
         for key, value in flat.items():

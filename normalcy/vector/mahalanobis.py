@@ -63,7 +63,12 @@ class Mahalanobis(VectorDetector):
         return ScoreResult(np.sqrt(np.maximum(d2, 0.0)))
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"center": self.center_, "scale": self.scale_, "location": self.location_, "precision": self.precision_}
+        return {
+            "center": self.center_,
+            "scale": self.scale_,
+            "location": self.location_,
+            "precision": self.precision_,
+        }
 
     def _load_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         for key in ("center", "scale", "location", "precision"):

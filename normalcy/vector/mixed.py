@@ -88,7 +88,9 @@ class Mixed(VectorDetector):
     def _fit_rows(self, X: np.ndarray) -> None:
         if self.numeric in ("mixed", "categorical"):
             raise ParameterError(f"numeric must be a numeric vector detector, got {self.numeric!r}")
-        cat = detect_categorical(X) if self.categorical == "auto" else sorted(int(j) for j in self.categorical)
+        cat = (
+            detect_categorical(X) if self.categorical == "auto" else sorted(int(j) for j in self.categorical)
+        )
         if any(not 0 <= j < X.shape[1] for j in cat):
             raise ParameterError(f"categorical columns {cat} out of range for {X.shape[1]} columns")
         self.categorical_columns_ = cat
@@ -113,14 +115,20 @@ class Mixed(VectorDetector):
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
-        for prefix, det in (("numeric.", self.numeric_detector_), ("categorical.", self.categorical_detector_)):
+        for prefix, det in (
+            ("numeric.", self.numeric_detector_),
+            ("categorical.", self.categorical_detector_),
+        ):
             if hasattr(det, "calibration_"):
                 arrays.update({prefix + k: v for k, v in det._state_arrays().items()})
                 arrays[prefix + "calibration"] = det.calibration_.scores
         return arrays
 
     def _state_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {**super()._state_meta(), "categorical_columns": list(self.categorical_columns_)}
+        meta: dict[str, Any] = {
+            **super()._state_meta(),
+            "categorical_columns": list(self.categorical_columns_),
+        }
         for key, det in (("numeric", self.numeric_detector_), ("categorical", self.categorical_detector_)):
             meta[key] = det._state_meta() if hasattr(det, "calibration_") else None
         return meta
@@ -130,7 +138,10 @@ class Mixed(VectorDetector):
 
         self.categorical_columns_ = [int(j) for j in meta["categorical_columns"]]
         self.numeric_detector_, self.categorical_detector_ = self._inner()
-        for prefix, det in (("numeric.", self.numeric_detector_), ("categorical.", self.categorical_detector_)):
+        for prefix, det in (
+            ("numeric.", self.numeric_detector_),
+            ("categorical.", self.categorical_detector_),
+        ):
             if meta[prefix[:-1]] is None:
                 continue
             part = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}

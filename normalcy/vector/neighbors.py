@@ -51,7 +51,9 @@ def _exact(q: np.ndarray, reference: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.sort(np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)), axis=1)
 
 
-def _torch_candidates(q: np.ndarray, ref: torch.Tensor, ref_sq: torch.Tensor, k: int, ref_block: int) -> np.ndarray:
+def _torch_candidates(
+    q: np.ndarray, ref: torch.Tensor, ref_sq: torch.Tensor, k: int, ref_block: int
+) -> np.ndarray:
     qt = torch.from_numpy(q.astype(np.float32))
     q_sq = (qt * qt).sum(1, keepdim=True)
     best_d = best_i = None
@@ -117,7 +119,7 @@ _RUNNERS = {"kdtree": _kdtree_knn, "torch": _torch_knn, "faiss": _faiss_knn}
 def knn_distances(
     queries: np.ndarray, reference: np.ndarray, k: int, memory_mb: float = 256.0, backend: str = "auto"
 ) -> np.ndarray:
-    """Euclidean distances (ascending, shape n_queries x k) from each query to its k nearest reference rows."""
+    """Euclidean distances (ascending, n_queries x k) from each query to its k nearest reference rows."""
     if not 1 <= k <= len(reference):
         raise ValueError(f"k={k} must be between 1 and the {len(reference)} reference rows")
     run = _RUNNERS[pick_backend(backend, reference.shape[1])]

@@ -19,7 +19,9 @@ def _n_kept(eigvals: np.ndarray, n_components: float | int) -> int:
     """Number of leading components to keep: an int count or a fraction of the total variance."""
     d = eigvals.size
     if isinstance(n_components, bool) or not isinstance(n_components, (int, float)) or n_components <= 0:
-        raise ParameterError(f"n_components must be a count >= 1 or a variance fraction in (0, 1); got {n_components!r}")
+        raise ParameterError(
+            f"n_components must be a count >= 1 or a variance fraction in (0, 1); got {n_components!r}"
+        )
     if isinstance(n_components, int) or n_components >= 1:
         return int(min(int(n_components), d - 1))
     total = eigvals.sum()
@@ -30,7 +32,7 @@ def _n_kept(eigvals: np.ndarray, n_components: float | int) -> int:
 
 
 class PCA(VectorDetector):
-    """Score = squared distance to the leading principal subspace (optionally each residual axis / its variance)."""
+    """Score = squared distance to the leading principal subspace (optionally per-axis variance-weighted)."""
 
     name = "pca"
 
@@ -74,8 +76,11 @@ class PCA(VectorDetector):
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {
-            "center": self.center_, "scale": self.scale_, "mean": self.mean_,
-            "residual_axes": self.residual_axes_, "residual_variance": self.residual_variance_,
+            "center": self.center_,
+            "scale": self.scale_,
+            "mean": self.mean_,
+            "residual_axes": self.residual_axes_,
+            "residual_variance": self.residual_variance_,
         }
 
     def _state_meta(self) -> dict[str, Any]:

@@ -59,7 +59,9 @@ def _labels(values: np.ndarray, path: Path, name: str) -> np.ndarray:
         elif text in _FALSE:
             out[i] = 0
         else:
-            raise DataError(f"{path}: label column {name!r} row {i} has {v!r}; labels must be 0/1 (1 = anomaly)")
+            raise DataError(
+                f"{path}: label column {name!r} row {i} has {v!r}; labels must be 0/1 (1 = anomaly)"
+            )
     return out
 
 
@@ -89,7 +91,11 @@ def _build(path: Path, names: list[str], columns: list, label_column: str | int 
     names = [str(n) for n in names]
     y = None
     if label_column is not None:
-        idx = label_column if isinstance(label_column, int) else (names.index(label_column) if label_column in names else -1)
+        idx = (
+            label_column
+            if isinstance(label_column, int)
+            else (names.index(label_column) if label_column in names else -1)
+        )
         if not 0 <= idx < len(names):
             raise DataError(f"{path}: no label column {label_column!r}; columns are {names}")
         y = _labels(np.asarray(columns[idx], dtype=object), path, names[idx])
@@ -107,12 +113,15 @@ def _build(path: Path, names: list[str], columns: list, label_column: str | int 
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ShapeError(
-                f"{path}: column {names[j]!r} has {int(bad.sum())} missing/NaN/inf value(s), first at data row {i}; "
+                f"{path}: column {names[j]!r} has {int(bad.sum())} missing/NaN/inf value(s), "
+                f"first at data row {i}; "
                 "impute or drop them first"
             )
     constant = [names[j] for j, c in enumerate(columns) if len(np.unique(np.asarray(c))) == 1]
     if constant:
-        warnings.warn(f"{path}: constant column(s) kept (they carry no information): {constant}", stacklevel=3)
+        warnings.warn(
+            f"{path}: constant column(s) kept (they carry no information): {constant}", stacklevel=3
+        )
     if categorical:
         X = np.empty((n, len(columns)), dtype=object)
         for j, c in enumerate(columns):
@@ -141,7 +150,9 @@ def _read_csv(path: Path, label_column: str | int | None, header: bool | None) -
     for i, r in enumerate(body):
         if len(r) != width:
             line = i + 1 + int(header) + 0
-            raise ShapeError(f"{path}: line {line} has {len(r)} fields but the first row has {width} (ragged rows)")
+            raise ShapeError(
+                f"{path}: line {line} has {len(r)} fields but the first row has {width} (ragged rows)"
+            )
     cols = [[r[j] for r in body] for j in range(width)]
     columns = []
     for c in cols:

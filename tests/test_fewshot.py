@@ -1,0 +1,137 @@
+"""Few-shot and zero-shot detectors: bad input, the odd image in a batch, model files, the few-shot bench."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import normalcy
+from normalcy.detectors import create_detector
+from normalcy.detectors.fewshot import sample_references, views
+from normalcy.errors import DataError, ParameterError
+
+SMALL = {"image_size": 64, "progress": False}
+FEW = ["fewshot", "dictionary", "reference", "inp"]
+
+
+def test_sample_references_rejects_k_above_available(normal_images):
+    assert len(sample_references(normal_images, 4, seed=0)) == 4
+    with pytest.raises(ParameterError, match="only 12 normal images"):
+        sample_references(normal_images, 13)
+    with pytest.raises(ParameterError):
+        sample_references(normal_images, 0)
+
+
+def test_views_and_bad_augment():
+    import torch
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert views(x, "none").shape[0] == 2 and views(x, "flip").shape[0] == 8 and views(x, "dihedral").shape[0] == 16
+    with pytest.raises(ParameterError, match="augment"):
+        views(x, "spin")
+
+
+@pytest.mark.parametrize("name", FEW)
+def test_one_reference_scores_but_cannot_calibrate(name, normal_images, test_images):
+    images, labels = test_images
+    with pytest.warns(UserWarning, match="p-values are NaN"):
+        det = create_detector(name, **SMALL).fit(normal_images[:1])
+    result = det.score(images)
+    assert normalcy.metrics.auroc(labels, result.scores) > 0.9
+    assert all(np.isnan(p.p_value) and not p.is_anomaly for p in det.predict(images[:2]))
+
+
+def test_mixed_reference_sizes_are_resized(normal_images, test_images):
+    images, labels = test_images
+    taller = np.pad(normal_images[2], ((0, 16), (0, 0), (0, 0)), "reflect")
+    refs = [normal_images[0], normal_images[1][:48, :40], taller]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = create_detector("fewshot", **SMALL).fit(refs)
+    assert normalcy.metrics.auroc(labels, det.score(images).scores) > 0.9
+
+
+def test_musc_batch_too_small_and_fit_without_data(normal_images):
+    det = create_detector("musc", **SMALL).fit()
+    assert det.calibration_.n == 0
+    with pytest.raises(DataError, match="at least 2 images"):
+        det.score(normal_images[:1])
+    preds = det.predict(normal_images[:3])
+    assert len(preds) == 3 and all(np.isnan(p.p_value) for p in preds)
+
+
+def test_musc_finds_the_odd_image(normal_images, test_images):
+    images, _ = test_images
+    batch = list(normal_images[:9]) + [images[7]]  # one defective image among normal ones
+    result = create_detector("musc", **SMALL).fit().score(batch)
+    assert int(np.argmax(result.scores)) == 9
+    m = result.maps[9]
+    assert m[26:38, 26:38].mean() > np.percentile(m, 90)
+
+
+def test_musc_chunks_are_balanced():
+    det = create_detector("musc", chunk_size=32)
+    sizes = [len(c) for c in det.chunks(65)]
+    assert sum(sizes) == 65 and min(sizes) >= 21
+    assert sorted(np.concatenate(det.chunks(65)).tolist()) == list(range(65))
+
+
+@pytest.mark.parametrize("name", [*FEW, "musc"])
+def test_round_trip(name, normal_images, test_images, tmp_path):
+    images, _ = test_images
+    det = create_detector(name, **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 4 calibration scores cannot reach alpha: warned, expected here
+        det.fit(normal_images[:4]) if name != "musc" else det.fit(normal_images)
+    back = normalcy.load(det.save(tmp_path / "m.normalcy"))
+    batch = list(normal_images) + list(images) if name == "musc" else images
+    a, b = det.score(batch), back.score(batch)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    for x, y in zip(a.maps, b.maps):
+        np.testing.assert_array_equal(x, y)
+    assert back.get_params() == det.get_params()
+    np.testing.assert_array_equal(back.calibration_.scores, det.calibration_.scores)
+
+
+def test_reference_one_per_class_picks_the_right_class(normal_images, test_images):
+    images, labels = test_images
+    other = [np.full((64, 64, 3), (30, 160, 60), np.uint8)]  # a second "class": a flat green plate
+    det = create_detector("reference", **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det.fit([normal_images[0], *other])
+    assert normalcy.metrics.auroc(labels, det.score(images).scores) > 0.9
+
+
+def test_bench_fewshot_rows_have_shots_and_seed(tmp_path):
+    from conftest import write_mvtec
+
+    from normalcy.bench.fewshot import run_fewshot_bench
+
+    root = write_mvtec(tmp_path / "tiny", n_train=5, n_good=3, n_bad=3)
+    out = tmp_path / "r.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = run_fewshot_bench(root, ["fewshot"], {**SMALL}, out, timing_images=2, shots=[1, 2], seeds=[0, 1],
+                                 echo=lambda *_: None)
+    data = json.loads(out.read_text())["results"]
+    assert len(rows) == len(data) == 6  # 2 shots × (2 seeds + 1 mean row)
+    for key in ("image_auroc", "pixel_auroc", "aupro", "predict_ms_median", "calibration", "shots", "seed"):
+        assert all(key in r for r in data)
+    assert [r["seed"] for r in data] == [0, 1, "mean", 0, 1, "mean"]
+    assert "image_auroc_std" in data[2] and data[2]["shots"] == 1
+    with pytest.raises(ParameterError, match="exceeds"):
+        run_fewshot_bench(root, ["fewshot"], {**SMALL}, None, 2, shots=[6], echo=lambda *_: None)
+
+
+def test_bench_musc_zero_shot(tmp_path):
+    from conftest import write_mvtec
+
+    from normalcy.bench.fewshot import run_fewshot_bench
+
+    root = write_mvtec(tmp_path / "tiny", n_train=2, n_good=6, n_bad=2)
+    rows = run_fewshot_bench(root, ["musc"], {**SMALL}, None, timing_images=2, echo=lambda *_: None)
+    assert rows[0]["n_train"] == 0 and rows[0]["shots"] == 0 and rows[0]["ms_per_image_by_chunk"]
