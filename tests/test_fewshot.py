@@ -135,3 +135,14 @@ def test_bench_musc_zero_shot(tmp_path):
     root = write_mvtec(tmp_path / "tiny", n_train=2, n_good=6, n_bad=2)
     rows = run_fewshot_bench(root, ["musc"], {**SMALL}, None, timing_images=2, echo=lambda *_: None)
     assert rows[0]["n_train"] == 0 and rows[0]["shots"] == 0 and rows[0]["ms_per_image_by_chunk"]
+
+
+def test_erode_drops_the_border_band():
+    import torch
+
+    from normalcy.detectors.fewshot import erode
+
+    inner = erode(torch.ones(1, 6, 6, dtype=torch.bool), 1)
+    assert inner.sum() == 16 and not inner[0, 0].any() and inner[0, 1:5, 1:5].all()
+    tiny = torch.ones(1, 2, 2, dtype=torch.bool)
+    assert erode(tiny, 1).all()  # never erodes to nothing

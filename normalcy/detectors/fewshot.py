@@ -59,7 +59,8 @@ def erode(valid: torch.Tensor, cells: int) -> torch.Tensor:
     """Shrink B×h×w valid masks by `cells` on every side (never to nothing: falls back to the mask itself)."""
     if cells <= 0:
         return valid
-    inner = -F.max_pool2d(-valid[:, None].float(), 2 * cells + 1, stride=1, padding=cells)[:, 0] > 0.5
+    outside = F.pad(~valid[:, None], (cells,) * 4, value=True).float()  # off the canvas counts as invalid
+    inner = F.max_pool2d(outside, 2 * cells + 1, stride=1)[:, 0] < 0.5
     empty = ~inner.flatten(1).any(1)
     inner[empty] = valid[empty]
     return inner
