@@ -64,12 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p)
 
     p = sub.add_parser("predict", help="score images with a saved model; write results.csv/jsonl + overlays")
-    p.add_argument("model", help="a .normalcy model file")
+    p.add_argument("model", help="a .normalcy model file, or a .onnx file from `normalcy export`")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, help="target false-alarm rate (default: the model's)")
     p.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate of the defect mask (default 0.001)")
     p.add_argument("--no-images", action="store_true", help="do not write overlay and mask PNGs")
+    add_explain_options(p)
+    p.add_argument("--engine", choices=("local", "dask"), default="local",
+                   help="where to score: this process, or a Dask cluster (needs normalcy[dask]; docs/scale.md)")
+    p.add_argument("--scheduler", help="dask: address of an existing scheduler, e.g. tcp://host:8786 "
+                   "(default: start a local cluster)")
+    p.add_argument("--workers", type=int, default=2, help="dask: local worker processes when no --scheduler (2)")
+    p.add_argument("--chunk-size", type=int, default=8, help="dask: images per task (default 8)")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="dask: seconds to reach --scheduler before giving up (default 10)")
+
+    p = sub.add_parser("export", help="export a model to one ONNX graph with its metadata (needs normalcy[onnx])")
+    p.add_argument("model", help="a .normalcy model file (patchcore, padim or gaussian)")
+    p.add_argument("-o", "--out", required=True, help="ONNX file to write, e.g. model.onnx")
 
     p = sub.add_parser("bench", help="fit + evaluate detectors on MVTec-layout folders, print tables")
     p.add_argument("data", help="a category folder or a root of category folders")
@@ -93,7 +106,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=40, help="megapixels per image (default 40)")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting before 503 (default 16)")
     p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    add_discover_parser(sub)
+    add_synth_parser(sub)
     return parser
+
+
+def add_explain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gallery", help="folder of labelled defects (type-named subfolders or an MVTec category): "
+                                     "name the nearest known defect type of each region")
+    p.add_argument("--narrator-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1: ask it to "
+                                          "describe each flagged image (optional; failures are recorded)")
+    p.add_argument("--narrator-model", help="model name sent to the narrator endpoint")
+    p.add_argument("--narrator-timeout", type=float, default=30.0, help="seconds per narrator call (default 30)")
+
+
+def add_discover_parser(sub: Any) -> None:
+    p = sub.add_parser("discover", help="cluster the anomalous regions of flagged images into defect types")
+    p.add_argument("data", help="an MVTec category (test images, scored against true types) or a folder of images")
+    p.add_argument("--model", help="a .normalcy model (default: fit PatchCore on DATA/train/good)")
+    p.add_argument("--json", required=True, help="write the report (k, nmi, ari, accuracy, assignments) here")
+    p.add_argument("-o", "--out", required=True, help="folder for one contact sheet PNG per cluster")
+    p.add_argument("--k", type=int, help="number of clusters (default: chosen by silhouette over 2..10)")
+    p.add_argument("--alpha", type=float, help="false-alarm rate that decides which images are flagged")
+    p.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate of the region masks (default 0.001)")
+    p.add_argument("--fit-images", type=int, default=150,
+                   help="without --model: seeded subsample of train/good to fit on (0 = all; default 150)")
+    p.add_argument("--image-size", type=int, help="without --model: network input size (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_synth_parser(sub: Any) -> None:
+    p = sub.add_parser("synth", help="write synthetic anomalies + masks in MVTec layout (docs/synth.md)")
+    p.add_argument("normal_dir", help="folder of normal images (e.g. a category's train/good)")
+    p.add_argument("-o", "--out", required=True, help="output category folder (train/, test/, ground_truth/)")
+    p.add_argument("--n", type=int, default=200, help="number of synthetic anomalies (default 200)")
+    p.add_argument("--from-defects", help="real defects to transplant: MVTec layout or X.png + X_mask.png pairs")
+    p.add_argument("--kinds", help="comma-separated: perlin,cutpaste,transplant (default: all that apply)")
+    p.add_argument("--severity-levels", type=int, default=0,
+                   help="grade size/contrast in levels 1..L and write severity.csv for `normalcy bench`")
+    p.add_argument("--train-fraction", type=float, default=0.5,
+                   help="share of the normal images linked to train/good, never used as bases (default 0.5)")
+    p.add_argument("--blend", choices=("feather", "poisson"), default="feather", help="transplant blending")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,12 +212,82 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from normalcy.predict_io import predict_to_folder
 
+    if args.engine == "dask":
+        return predict_on_dask(args)
+    model: Any = args.model
+    if Path(args.model).suffix.lower() == ".onnx":
+        from normalcy.export import load_onnx
+
+        model = load_onnx(args.model, threads=args.threads)
     n_rows, n_failed = predict_to_folder(
-        args.model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
-        write_images=not args.no_images,
+        model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
+        write_images=not args.no_images, **explain_args(args),
     )
     print(f"{n_rows} rows written to {args.out}/results.csv and results.jsonl ({n_failed} failed)")
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def predict_on_dask(args: argparse.Namespace) -> int:
+    """`predict --engine dask`: the same rows and images, scored on a Dask cluster (docs/scale.md)."""
+    from normalcy.distributed import predict_distributed
+    from normalcy.errors import ParameterError
+
+    if getattr(args, "gallery", None) or getattr(args, "narrator_url", None):
+        raise ParameterError("--gallery and --narrator-url are not supported with --engine dask; use --engine local")
+    if Path(args.model).suffix.lower() == ".onnx":
+        raise ParameterError("--engine dask scores .normalcy models; run ONNX models with --engine local")
+    n_rows, n_failed = predict_distributed(
+        args.model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
+        write_images=not args.no_images, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
+        connect_timeout=args.connect_timeout,
+    )
+    print(f"{n_rows} rows written to {args.out}/results.csv and results.jsonl ({n_failed} failed)")
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def explain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The gallery folder and narrator client asked for on the command line (both optional)."""
+    from normalcy.narrator import Narrator
+
+    out: dict[str, Any] = {}
+    if args.gallery:
+        out["gallery"] = args.gallery
+    if args.narrator_url:
+        out["narrator"] = Narrator(args.narrator_url, args.narrator_model or "", timeout=args.narrator_timeout)
+    return out
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from normalcy.discover import discover, write_report
+
+    report = discover(args.data, args.out, model=args.model, k=args.k, alpha=args.alpha, pixel_fpr=args.pixel_fpr,
+                      n_fit=args.fit_images, seed=args.seed,
+                      detector_params={"image_size": args.image_size} if args.image_size else None)
+    write_report(report, args.json)
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"{report['n_regions']} regions -> k={report['k']} clusters; NMI {fmt(report['nmi'])}, "
+          f"ARI {fmt(report['ari'])}, accuracy {fmt(report['accuracy'])}; sheets in {args.out}, report {args.json}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from normalcy.export import export_onnx
+
+    path = export_onnx(args.model, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): normalcy predict {path} IMAGES -o OUT")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from normalcy.synth_io import synthesize
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) if args.kinds else None
+    counts = synthesize(args.normal_dir, args.out, n=args.n, defect_dir=args.from_defects, seed=args.seed,
+                        kinds=kinds, severity_levels=args.severity_levels, train_fraction=args.train_fraction,
+                        blend=args.blend)
+    print(f"wrote {sum(counts.values())} synthetic anomalies to {args.out} "
+          f"({', '.join(f'{k}: {v}' for k, v in counts.items())}); `normalcy bench {args.out}` evaluates them")
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -205,6 +329,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "fit": cmd_fit, "predict": cmd_predict, "bench": cmd_bench, "serve": cmd_serve}
+COMMANDS["discover"] = cmd_discover
+COMMANDS["synth"] = cmd_synth
+COMMANDS["export"] = cmd_export
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -68,3 +68,12 @@ class WeightsMismatchError(BackboneError):
 
 class ModelFileError(NormalcyError):
     """A saved model file is truncated, tampered with, from another format version, or not ours."""
+
+
+# --- optional dependencies and clusters -----------------------------------------------------------------
+class MissingDependencyError(NormalcyError, ImportError):
+    """An optional package needed for the requested feature is not installed (the message names the extra)."""
+
+
+class ClusterError(NormalcyError, ConnectionError):
+    """A compute cluster cannot be reached or lost work it could not redo (the message names the address)."""

@@ -49,6 +49,8 @@ def save(detector: Any, path: str | Path) -> Path:
     from normalcy import __version__
 
     detector.check_fitted()
+    if hasattr(detector, "_save_sidecar"):  # large arrays kept in a file beside the model (PatchCore mmap bank)
+        detector._save_sidecar(Path(path))
     arrays = {k: np.ascontiguousarray(v) for k, v in detector._state_arrays().items()}
     cal: Calibration = detector.calibration_
     arrays[CAL_PREFIX + "scores"] = cal.scores
@@ -147,6 +149,7 @@ def load(path: str | Path, check_backbone: bool = True) -> Any:
     if CAL_PREFIX + "pixel_quantiles" in arrays:
         cal.pixel_fpr_levels = arrays.pop(CAL_PREFIX + "pixel_fpr_levels")
         cal.pixel_quantiles = arrays.pop(CAL_PREFIX + "pixel_quantiles")
+    det._model_path = Path(path)  # sidecar files named in the state are found beside the model file
     try:
         det._load_state(arrays, meta.get("state", {}))
     except (KeyError, ValueError) as exc:

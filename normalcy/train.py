@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from normalcy.detectors.fewshot import erode
 from normalcy.detectors.image import ImageDetector, masked_max
 from normalcy.errors import ParameterError, TrainingError
 from normalcy.features.preprocess import gaussian_blur
@@ -243,6 +245,45 @@ def smoothed_max(maps: torch.Tensor, valid: torch.Tensor, sigma: float = SCORE_S
     return masked_max(gaussian_blur(maps, sigma) if sigma >= 0.5 else maps, valid)
 
 
+def pad_cells(pad: float, image_size: int, stride: int) -> int:
+    """Reflect padding around the canvas, as a fraction `pad` of the image size, in whole cells of `stride`."""
+    if not 0.0 <= float(pad) < 1.0:
+        raise ParameterError(f"pad must be a fraction of the image size in [0, 1), got {pad}")
+    return int(round(float(pad) * int(image_size) / int(stride)))
+
+
+def border_cells(border: float, grid: int) -> int:
+    """Width in cells of the border band that never decides an image score (`border` is a fraction of the grid)."""
+    if not 0.0 <= float(border) < 0.5:
+        raise ParameterError(f"border must be a fraction in [0, 0.5), got {border}")
+    return int(round(float(border) * grid))
+
+
+class PaddedExtractor:
+    """A patch-feature extractor run on a reflect-padded canvas, its output cropped back to the image's cells.
+
+    With zero padding inside the CNN, cells at the image border see padding and their features are atypical; the
+    reflected margin gives them image-like context (as the few-shot detectors do). Every other attribute
+    (`backbone_only`, `backbone_sha256`, ...) is the wrapped extractor's.
+    """
+
+    def __init__(self, base: Any, cells: int, stride: int) -> None:
+        self.base, self.cells, self.stride = base, int(cells), int(stride)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S images → B×C×h×w patch features of the unpadded image's cells."""
+        c = self.cells
+        if c == 0:
+            return self.base(x)
+        px = c * self.stride
+        x = F.pad(x, (px,) * 4, mode="reflect" if px < min(x.shape[-2:]) else "replicate")
+        feats = self.base(x)
+        return feats[..., c : feats.shape[-2] - c, c : feats.shape[-1] - c].contiguous()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
 def module_arrays(prefix: str, module: nn.Module) -> dict[str, np.ndarray]:
     """A module's state dict as numpy arrays named `prefix.key` (for the safetensors model file)."""
     return {f"{prefix}.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -268,6 +309,19 @@ class FeatureModelDetector(ImageDetector):
 
     min_fit_items = 4
     grad_clip: float | None = None
+    pad: float = 0.0  # subclasses take `pad` and `border` as parameters
+    border: float = 0.0
+
+    @property
+    def extractor(self) -> Any:
+        """The backbone's patch-feature extractor, run on a canvas reflect-padded by `pad` (see PaddedExtractor)."""
+        base = ImageDetector.extractor.fget(self)  # type: ignore[attr-defined]
+        stride = min(self.strides)
+        return PaddedExtractor(base, pad_cells(self.pad, int(self.image_size), stride), stride)
+
+    def score_cells(self, valid: torch.Tensor) -> torch.Tensor:
+        """Cells that decide the image score: valid ones outside the `border` band."""
+        return erode(valid, border_cells(self.border, valid.shape[-2]))
 
     def _build(self, channels: int) -> nn.Module:
         """A fresh network for `channels`-channel features (called under the detector's seed)."""
@@ -282,6 +336,7 @@ class FeatureModelDetector(ImageDetector):
         raise NotImplementedError
 
     def _fit(self, items: list) -> None:
+        border_cells(self.border, 1)  # a bad `border` fails before any work
         feats, valid = cache_features(self, items)
         mean, std = channel_stats(feats, valid)
         x = (feats - mean[:, None, None]) / std[:, None, None]
@@ -301,7 +356,7 @@ class FeatureModelDetector(ImageDetector):
         with torch.inference_mode():
             x = (feats - self.mean_[:, None, None]) / self.std_[:, None, None]
             maps = self._patch_scores(self.net_, x).float()
-        return smoothed_max(maps, valid), maps
+        return smoothed_max(maps, self.score_cells(valid)), maps
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_.numpy(), "std": self.std_.numpy(), **module_arrays("net", self.net_)}

@@ -79,6 +79,21 @@ def test_musc_chunks_are_balanced():
     assert sorted(np.concatenate(det.chunks(65)).tolist()) == list(range(65))
 
 
+def test_musc_rescore_pulls_scores_towards_look_alikes():
+    import torch
+
+    desc = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]]), dim=1)
+    scores = torch.tensor([1.0, 3.0, 10.0, 10.0], dtype=torch.float64)
+    det = create_detector("musc", rescore_neighbors=1)
+    assert torch.equal(det.rescore(scores, desc), scores)  # k = 1 is the image alone
+    det.set_params(rescore_neighbors=2, rescore_weight=1.0)
+    out = det.rescore(scores, desc)
+    assert 1.0 < out[0] < 2.0 and 2.0 < out[1] < 3.0  # each moves halfway-ish towards its twin, not to 10
+    assert torch.allclose(out[2:], scores[2:])
+    with pytest.raises(ParameterError, match="rescore_weight"):
+        det.set_params(rescore_weight=1.5).rescore(scores, desc)
+
+
 @pytest.mark.parametrize("name", [*FEW, "musc"])
 def test_round_trip(name, normal_images, test_images, tmp_path):
     images, _ = test_images

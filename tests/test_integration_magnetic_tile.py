@@ -18,15 +18,15 @@ pytestmark = pytest.mark.skipif(not (TILE / "train" / "good").is_dir(),
 
 def test_patchcore_on_a_few_real_tiles():
     train, test = load_mvtec(TILE)
-    goods = [s for s in test if s.label == 0][:6]
-    bads = [s for s in test if s.label == 1 and s.defect_type in ("blowhole", "break")][:6]
-    det = PatchCore(image_size=128, progress=False).fit(train[:40])
+    goods = [s for s in test if s.label == 0][:10]
+    bads = [s for s in test if s.label == 1 and s.defect_type in ("blowhole", "break")][:10]
+    det = PatchCore(progress=False).fit(train[:40])  # default 256 px: 0.89 here (0.54 without the border band)
     result = det.score(goods + bads)
     sizes = [np.asarray(m).shape for m in result.maps]
     from PIL import Image
 
     assert sizes == [Image.open(s.path).size[::-1] for s in goods + bads]  # maps at each image's own size
     labels = np.array([0] * len(goods) + [1] * len(bads))
-    assert metrics.auroc(labels, result.scores) > 0.7
+    assert metrics.auroc(labels, result.scores) > 0.75
     pix = metrics.pixel_metrics(masks_for(goods + bads, result.maps), result.maps)
     assert pix["pixel_auroc"] > 0.8

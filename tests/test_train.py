@@ -134,3 +134,41 @@ def test_split_items_is_seeded_and_keeps_enough_training_items():
     assert len(va) == 4 and sorted([*tr, *va]) == list(range(20))
     assert (split_items(20, 0.2, seed=0)[1] == va).all()
     assert len(split_items(2, 0.5, seed=0)[1]) == 0  # too few items: no validation split
+
+
+def test_padded_extractor_crops_back_to_the_image_cells():
+    from normalcy.train import PaddedExtractor, pad_cells
+
+    calls = []
+
+    def base(x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return x[:, :1, ::8, ::8] + 0.0  # a stride-8 "feature map" that still shows the pixels
+
+    x = torch.rand(2, 3, 64, 64)
+    assert pad_cells(0.125, 64, 8) == 1
+    padded = PaddedExtractor(base, cells=1, stride=8)
+    out = padded(x)
+    assert calls[-1] == (2, 3, 80, 80) and out.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(out, x[:, :1, ::8, ::8])  # the crop lands exactly on the original cells
+    torch.testing.assert_close(PaddedExtractor(base, cells=0, stride=8)(x), base(x))
+    with pytest.raises(ParameterError, match="pad"):
+        pad_cells(1.5, 64, 8)
+
+
+def test_border_band_never_decides_the_image_score():
+    from normalcy.detectors.simplenet import SimpleNet
+    from normalcy.train import border_cells, smoothed_max
+
+    maps = torch.zeros(1, 16, 16)
+    maps[0, 0, 5] = 10.0  # hot cell on the image border
+    maps[0, 8, 8] = 1.0
+    valid = torch.ones(1, 16, 16, dtype=torch.bool)
+    det = SimpleNet(border=0.0625)
+    assert border_cells(det.border, 16) == 1
+    inner = det.score_cells(valid)
+    assert not inner[0, 0].any() and inner[0, 1:-1, 1:-1].all()
+    assert smoothed_max(maps, inner, sigma=0.0) == 1.0
+    assert smoothed_max(maps, valid, sigma=0.0) == 10.0
+    with pytest.raises(ParameterError, match="border"):
+        border_cells(0.5, 16)

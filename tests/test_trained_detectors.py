@@ -70,3 +70,20 @@ def test_bad_parameters(normal_images):
                       ("efficientad", {"hard_fraction": 0})):
         with pytest.raises(ParameterError):
             normalcy.create_detector(name, **TINY, **bad).fit(normal_images)
+
+
+def test_efficientad_with_autoencoder_round_trip(normal_images, test_images, tmp_path):
+    images, labels = test_images
+    det = normalcy.create_detector("efficientad", **TINY, autoencoder=True).fit(normal_images)
+    assert det.quantiles_.shape == (2, 2)  # local and global map each get their own normalization
+    result = det.score(images)
+    assert np.isfinite(result.scores).all() and auroc(labels, result.scores) > 0.5
+    back = normalcy.load(det.save(tmp_path / "ead.normalcy"))
+    np.testing.assert_array_equal(back.score(images).scores, result.scores)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_pad_and_border_are_checked(name, normal_images):
+    for bad in ({"pad": 1.0}, {"border": 0.5}):
+        with pytest.raises(ParameterError):
+            normalcy.create_detector(name, **TINY, **bad).fit(normal_images)

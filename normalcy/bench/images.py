@@ -18,6 +18,7 @@ from normalcy import metrics
 from normalcy.data import as_rgb_array, find_categories, load_mvtec, read_mask
 from normalcy.detectors import create_detector
 from normalcy.features.preprocess import prepare_batch
+from normalcy.severity import severity_fields
 
 CAL_ALPHAS = (0.01, 0.05)
 TABLE_COLUMNS = ("category", "detector", "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "aupro",
@@ -113,6 +114,7 @@ def evaluate(category: Path, detector: str, params: dict[str, Any], timing_image
         n_calibration=det.calibration_.n,
         torch_threads=torch.get_num_threads(),
     )
+    row.update(severity_fields(category, test, result.scores, det.calibration_.p_values(result.scores)))
     return row
 
 

@@ -20,6 +20,7 @@ DETECTORS: dict[str, str] = {
     "fastflow": "normalcy.detectors.fastflow:FastFlow",
     "efficientad": "normalcy.detectors.efficientad:EfficientAD",
     "vae": "normalcy.detectors.vae:VAE",
+    "semisup": "normalcy.detectors.semisup:SemiSupervised",
 }
 
 

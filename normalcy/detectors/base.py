@@ -38,6 +38,7 @@ class Prediction:
     path: str | None = None
     status: str = "ok"
     error: str = ""
+    explanation: dict[str, Any] | None = field(default=None, repr=False)  # regions + summary (normalcy.explain)
 
     @property
     def defect_area(self) -> int:
@@ -55,7 +56,15 @@ class Prediction:
             "defect_area": self.defect_area,
             "status": self.status,
             "error": self.error,
-        }
+        } | self._explanation_fields()
+
+    def _explanation_fields(self) -> dict[str, Any]:
+        """Regions, summary sentence and (when known) nearest defect type / narrator reply, for JSON outputs."""
+        if self.explanation is None:
+            return {}
+        e = self.explanation
+        return {"regions": e["regions"], "explanation": e["summary"]} | {
+            k: e[k] for k in ("nearest_type", "narrator") if k in e}
 
 
 def take(items: Any, idx: np.ndarray) -> Any:
@@ -177,6 +186,11 @@ class Detector(Estimator):
                     anomaly_map=amap, mask=mask, path=paths[i] if paths else None,
                 )
             )
+        if result.maps is not None:
+            from normalcy.explain import attach
+
+            for pred in out:
+                attach(pred, cal)
         return out
 
     def _item_paths(self, X: Any, n: int) -> list[str | None]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from normalcy.detectors.image import CachedFeatures, ImageDetector, masked_max
+from normalcy.detectors.image import CachedFeatures, ImageDetector, erode, masked_max  # noqa: F401 (erode re-exported)
 from normalcy.detectors.search import greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
 from normalcy.features.preprocess import prepare_batch, valid_grid
@@ -53,17 +53,6 @@ def views(x: torch.Tensor, augment: str) -> torch.Tensor:
         t = x.transpose(-1, -2)
         out += [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
     return torch.cat(out)
-
-
-def erode(valid: torch.Tensor, cells: int) -> torch.Tensor:
-    """Shrink B×h×w valid masks by `cells` on every side (never to nothing: falls back to the mask itself)."""
-    if cells <= 0:
-        return valid
-    outside = F.pad(~valid[:, None], (cells,) * 4, value=True).float()  # off the canvas counts as invalid
-    inner = F.max_pool2d(outside, 2 * cells + 1, stride=1)[:, 0] < 0.5
-    empty = ~inner.flatten(1).any(1)
-    inner[empty] = valid[empty]
-    return inner
 
 
 def aggregate_stages(stages: Sequence[torch.Tensor], size: int, crop: int = 0) -> torch.Tensor:
@@ -169,12 +158,6 @@ class FewShot(ImageDetector):
             feats.append(f)
             valid.append(v)
         return torch.cat(feats), torch.cat(valid)
-
-    def score_cells(self, valid: torch.Tensor) -> torch.Tensor:
-        """Cells that decide the image score: valid ones away from the border band."""
-        if not 0.0 <= float(self.border) < 0.5:
-            raise ParameterError(f"border must be a fraction in [0, 0.5), got {self.border}")
-        return erode(valid, int(round(float(self.border) * valid.shape[-2])))
 
     def image_scores(self, maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Max over the scored cells, minus the image's median cell score when `center` (a global offset)."""

@@ -9,6 +9,7 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from normalcy.calibrate import calibration_folds
@@ -65,6 +66,7 @@ class ImageDetector(Detector):
 
     kind = "image"
     raw_features = False  # True: the detector consumes the backbone's stage outputs, not patch features
+    border: float = 0.0  # fraction of the grid whose edge cells never decide the image score (see score_cells)
 
     def fit(self, X: Any, y: Any = None) -> Self:
         """Fit on normal images; with cross-fitting, features are extracted once and reused by every fold."""
@@ -87,6 +89,15 @@ class ImageDetector(Detector):
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """B×C×h×w features (+ B×h×w valid cells) → (B image scores, B×h×w patch-score maps or None)."""
         raise NotImplementedError
+
+    def score_cells(self, valid: torch.Tensor) -> torch.Tensor:
+        """Cells that decide the image score: valid ones outside the `border` band (maps keep every cell).
+
+        With zero padding inside the CNN, cells on the image edge see padding and their features are atypical:
+        on aligned parts the maximum lands there for most normal images. Ignoring a thin band is the classic
+        224-of-256 centre crop of PatchCore's evaluation, without throwing the band away from the maps.
+        """
+        return erode(valid, border_cells(self.border, valid.shape[-2]))
 
     # ---- pipeline ---------------------------------------------------------------------------------------
     def _prepare(self, X: Any) -> list:
@@ -199,3 +210,21 @@ class ImageDetector(Detector):
 def masked_max(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Per-image maximum over valid cells only (padding never decides an image score)."""
     return maps.masked_fill(~valid, float("-inf")).flatten(1).max(dim=1).values
+
+
+def border_cells(border: float, grid: int) -> int:
+    """Width in cells of the border band for a fraction `border` of a `grid`-cell side."""
+    if not 0.0 <= float(border) < 0.5:
+        raise ParameterError(f"border must be a fraction in [0, 0.5), got {border}")
+    return int(round(float(border) * grid))
+
+
+def erode(valid: torch.Tensor, cells: int) -> torch.Tensor:
+    """Shrink B×h×w valid masks by `cells` on every side (never to nothing: falls back to the mask itself)."""
+    if cells <= 0:
+        return valid
+    outside = F.pad(~valid[:, None], (cells,) * 4, value=True).float()  # off the canvas counts as invalid
+    inner = F.max_pool2d(outside, 2 * cells + 1, stride=1)[:, 0] < 0.5
+    empty = ~inner.flatten(1).any(1)
+    inner[empty] = valid[empty]
+    return inner

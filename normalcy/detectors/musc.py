@@ -4,7 +4,9 @@ Most images of a production batch are normal, so a normal patch finds a close ma
 a defect finds one in few. For every image, each patch's distance to its nearest patch in every other image of
 its chunk is computed at several neighbourhood aggregation sizes (`aggregates`); the lowest `lowest_fraction` of
 those per-image distances are averaged (a defect repeated in a few images cannot vouch for itself). The image
-score is then smoothed over its `rescore_neighbors` most similar images (global mean features; RsCIN-like).
+score is then re-scored as in the paper's RsCIN: the mean, over k = 1..`rescore_neighbors` (3, as the paper uses
+on MVTec AD), of the similarity-weighted score of the image's k most similar images, itself included (global
+mean features as the image descriptor).
 
 No training data: `fit()` needs nothing (p-values are then NaN); `fit(normal_images)` scores those as one batch
 and keeps their scores for calibration. The batch is shuffled (seeded) and split into chunks of about
@@ -46,8 +48,8 @@ class MuSc(FewShot):
         aggregates: Sequence[int] = (1, 3, 5),
         lowest_fraction: float = 0.3,
         chunk_size: int = 32,
-        rescore_neighbors: int = 5,
-        rescore_weight: float = 0.5,
+        rescore_neighbors: int = 3,
+        rescore_weight: float = 1.0,
         project_dim: int | None = None,
         pad: float = 0.125,
         border: float = 0.0625,
@@ -150,17 +152,22 @@ class MuSc(FewShot):
         return out.view(b, h, w)
 
     def rescore(self, scores: torch.Tensor, desc: torch.Tensor) -> torch.Tensor:
-        """Blend each image score with the similarity-weighted mean score of its most similar images."""
-        k = min(int(self.rescore_neighbors), len(scores) - 1)
+        """RsCIN: mean over k = 1..`rescore_neighbors` of the similarity-weighted score of the k most similar images.
+
+        The image itself is always among its k most similar (k = 1 keeps the raw score), so a score is pulled
+        towards those of its closest look-alikes; `rescore_weight` blends the result with the raw score.
+        """
+        k_max = min(int(self.rescore_neighbors), len(scores))
         lam = float(self.rescore_weight)
         if not 0.0 <= lam <= 1.0:
             raise ParameterError(f"rescore_weight must be in [0, 1], got {self.rescore_weight}")
-        if k < 1 or lam == 0.0:
+        if k_max < 2 or lam == 0.0:
             return scores
-        sim = (desc @ desc.T).double().fill_diagonal_(-math.inf)
-        top, idx = sim.topk(k, dim=1)
-        weights = torch.softmax(top / 0.1, dim=1)
-        return (1.0 - lam) * scores + lam * (weights * scores[idx]).sum(1)
+        sim = (desc @ desc.T).double().clamp(min=1e-6)  # cosine similarities as weights
+        sim.fill_diagonal_(sim.max().item())  # the image itself always ranks first
+        top, idx = sim.topk(k_max, dim=1)
+        smoothed = ((top * scores[idx]).cumsum(1) / top.cumsum(1)).mean(1)  # column k-1: the k most similar
+        return (1.0 - lam) * scores + lam * smoothed
 
     # ---- predictions score the whole input as one batch -------------------------------------------------
     def predict_iter(

@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from normalcy.errors import ParameterError
+
 DEFAULT_BUDGET_MB = 256
 CACHE_BYTES = 4 * 2**20
+CHUNK_ROWS = 65536  # bank rows read at once from a memory-mapped bank (≈40 MB at 152 dims)
+
+Bank = torch.Tensor | np.ndarray  # an in-memory tensor, or a float32 array memory-mapped from a .npy file
+
+
+def rows(bank: Bank, start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of a bank as a float32 tensor (a view in memory; a copy of just those rows if mapped)."""
+    if isinstance(bank, torch.Tensor):
+        return bank[start:stop]
+    return torch.from_numpy(np.array(bank[start:stop], dtype=np.float32))
+
+
+def iter_chunks(bank: Bank, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, rows) chunks covering a bank in order, so a mapped bank is never read whole."""
+    for start in range(0, bank.shape[0], chunk_rows):
+        yield start, rows(bank, start, start + chunk_rows)
+
+
+def squared_norms(bank: Bank, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """Squared L2 norm of every bank row, chunk by chunk (no bank-sized temporary; row sums are unchanged)."""
+    return torch.cat([c.pow(2).sum(1) for _, c in iter_chunks(bank, chunk_rows)])
 
 
 def nearest_neighbors(
@@ -112,28 +136,62 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, seed: int = 0) -> tuple[tor
     return cent, assign
 
 
+def train_lists(
+    bank: Bank, list_size: int = 128, seed: int = 0, train_rows: int | None = None, chunk_rows: int = CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IVF lists for a bank: k-means centroids (k = N / list_size) and every row's list id.
+
+    With `train_rows`, k-means runs on that many random rows and all rows are then assigned chunk by chunk
+    (how large or memory-mapped banks are indexed); without it, on the whole in-memory bank.
+    """
+    n = bank.shape[0]
+    k = max(1, n // list_size)
+    if train_rows is None and isinstance(bank, torch.Tensor):
+        return kmeans(bank.float(), k, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    m = n if train_rows is None else min(n, max(k, train_rows))
+    pick = np.sort(torch.randperm(n, generator=gen)[:m].numpy())
+    sample = bank[torch.from_numpy(pick)] if isinstance(bank, torch.Tensor) else torch.from_numpy(
+        np.array(bank[pick], dtype=np.float32))
+    cent, _ = kmeans(sample.float(), k, seed=seed)
+    assign = torch.cat([nearest_neighbors(c, cent)[1][:, 0] for _, c in iter_chunks(bank, chunk_rows)])
+    return cent, assign
+
+
+def is_list_ordered(assign: torch.Tensor) -> bool:
+    """True when rows are already grouped by IVF list (ascending list ids): the index can search in place."""
+    return bool((assign[1:] >= assign[:-1]).all()) if assign.numel() > 1 else True
+
+
 class IVFIndex:
     """Inverted-file approximate nearest neighbour over a fixed bank (k-means lists, `n_probe` lists per query).
 
     Each query is compared with the entries of its `n_probe` nearest lists only, so a search costs about
     n_probe·list_size distances instead of the bank size; every distance it returns is exact for the entry found
-    (it can only miss the true nearest neighbour, never under-estimate a distance).
+    (it can only miss the true nearest neighbour, never under-estimate a distance). A bank already stored in
+    list order (see `PatchCore`) is searched in place — no second copy, and a memory-mapped bank stays on disk.
     """
 
-    def __init__(self, bank: torch.Tensor, list_size: int = 128, n_probe: int = 8, seed: int = 0,
-                 centroids: torch.Tensor | None = None, assign: torch.Tensor | None = None) -> None:
-        self.bank = bank.float()
+    def __init__(self, bank: Bank, list_size: int = 128, n_probe: int = 8, seed: int = 0,
+                 centroids: torch.Tensor | None = None, assign: torch.Tensor | None = None,
+                 train_rows: int | None = None) -> None:
+        self.bank = bank.float() if isinstance(bank, torch.Tensor) else bank
         self.n_probe = n_probe
         if centroids is None or assign is None:
-            k = max(1, bank.shape[0] // list_size)
-            centroids, assign = kmeans(self.bank, k, seed=seed)
+            centroids, assign = train_lists(self.bank, list_size, seed, train_rows)
         self.centroids, self.assign = centroids, assign
-        order = torch.argsort(assign, stable=True)
         counts = torch.bincount(assign, minlength=centroids.shape[0])
         self.starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        self.order = order
-        self.sorted_bank = self.bank[order].contiguous()
-        self.sorted_sq = self.sorted_bank.pow(2).sum(1)
+        self.order: torch.Tensor | None = None
+        if is_list_ordered(assign):
+            self.sorted_bank = self.bank
+        elif isinstance(self.bank, torch.Tensor):
+            self.order = torch.argsort(assign, stable=True)
+            self.sorted_bank = self.bank[self.order].contiguous()
+        else:
+            raise ParameterError("a memory-mapped bank must be stored in IVF list order to be searched in place; "
+                                 "write it with bank.write_list_ordered or PatchCore(bank_storage='mmap')")
+        self.sorted_sq = squared_norms(self.sorted_bank)
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Approximate 1-NN: (Q distances, Q bank indices)."""
@@ -154,7 +212,7 @@ class IVFIndex:
             if e == s:
                 continue
             qi = pair_q[a:b]
-            d2 = torch.addmm(self.sorted_sq[None, s:e], q[qi], self.sorted_bank[s:e].T, alpha=-2.0)
+            d2 = torch.addmm(self.sorted_sq[None, s:e], q[qi], rows(self.sorted_bank, s, e).T, alpha=-2.0)
             d2.add_(q_sq[qi, None])
             v, i = d2.min(dim=1)
             best_d[a:b], best_i[a:b] = v, i + s
@@ -163,4 +221,5 @@ class IVFIndex:
         inv[by_list] = torch.arange(by_list.shape[0])
         best_d, best_i = best_d[inv].view(-1, p), best_i[inv].view(-1, p)
         v, j = best_d.min(dim=1)
-        return v.clamp_(min=0).sqrt_(), self.order[best_i.gather(1, j[:, None])[:, 0]]
+        found = best_i.gather(1, j[:, None])[:, 0]
+        return v.clamp_(min=0).sqrt_(), found if self.order is None else self.order[found]

@@ -26,6 +26,13 @@ class SimpleNetModel(nn.Module):
     def __init__(self, channels: int, embed_dim: int, hidden: int) -> None:
         super().__init__()
         self.adaptor = nn.Linear(channels, embed_dim)
+        # start as the identity (a norm-preserving map when the sizes differ): `noise_std` is then in units of the
+        # standardized features, and no feature direction starts squashed, as a random square matrix would do
+        if embed_dim == channels:
+            nn.init.eye_(self.adaptor.weight)
+        else:
+            nn.init.orthogonal_(self.adaptor.weight)
+        nn.init.zeros_(self.adaptor.bias)
         self.disc = nn.Sequential(
             nn.Linear(embed_dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1, bias=False)
         )
@@ -59,6 +66,8 @@ class SimpleNet(FeatureModelDetector):
         max_seconds: float | None = 120.0,
         patience: int | None = 5,
         val_fraction: float = 0.1,
+        pad: float = 0.0,
+        border: float = 0.0625,
         sigma: float = 4.0,
         batch_size: int = 16,
         alpha: float = 0.01,
@@ -84,6 +93,8 @@ class SimpleNet(FeatureModelDetector):
         self.max_seconds = max_seconds
         self.patience = patience
         self.val_fraction = val_fraction
+        self.pad = pad
+        self.border = border
         self.sigma = sigma
         self.batch_size = batch_size
         self.alpha = alpha

@@ -73,6 +73,8 @@ class VAE(FeatureModelDetector):
         max_seconds: float | None = 120.0,
         patience: int | None = 5,
         val_fraction: float = 0.1,
+        pad: float = 0.125,
+        border: float = 0.0625,
         sigma: float = 4.0,
         batch_size: int = 16,
         alpha: float = 0.01,
@@ -98,6 +100,8 @@ class VAE(FeatureModelDetector):
         self.max_seconds = max_seconds
         self.patience = patience
         self.val_fraction = val_fraction
+        self.pad = pad
+        self.border = border
         self.sigma = sigma
         self.batch_size = batch_size
         self.alpha = alpha

@@ -19,6 +19,13 @@ class Region(BaseModel):
     box: list[int] = Field(description="Bounding box [x0, y0, x1, y1] in original-image pixels (end exclusive)")
     area: int = Field(description="Number of mask pixels in the region")
     peak: float | None = Field(None, description="Highest anomaly-map value inside the region")
+    area_fraction: float | None = Field(None, description="Region area / image area")
+    centroid: list[float] | None = Field(None, description="Centre of mass [x, y] in original-image pixels")
+    mean: float | None = Field(None, description="Mean anomaly-map value inside the region")
+    p_value: float | None = Field(None, description="Fraction of normal calibration pixels scoring >= the peak")
+    severity: str | None = Field(None, description="severe (peak beyond the normal pixel range) or anomalous")
+    defect_type: str | None = Field(None, description="Nearest known defect type (when a gallery is configured)")
+    similarity: float | None = Field(None, description="Cosine similarity to that type's nearest example")
 
 
 class ImageResult(BaseModel):
@@ -40,7 +47,8 @@ class ImageResult(BaseModel):
                                                    "anomalous (p <= alpha), severe (score beyond the normal range)")
     defect_area: int | None = Field(None, description="Mask pixels (0 when the image is not flagged)")
     regions: list[Region] = Field(default_factory=list, description="Connected defect regions of the mask, "
-                                                                     "largest first (empty when not flagged)")
+                                                                     "highest peak first (empty when not flagged)")
+    explanation: str | None = Field(None, description="One-sentence summary of the decision and its regions")
     overlay: str | None = Field(None, description="PNG data URL: heat map blended over the image with the mask "
                                                   "outlined in cyan (longest side <= preview_max_side)")
     heatmap: str | None = Field(None, description="PNG data URL: RGBA heat map whose alpha rises with the score, to "

@@ -116,8 +116,6 @@ class ModelService:
 
     def _predict_chunk(self, items: list[PendingImage], alpha: float, pixel_fpr: float,
                        pictures: bool) -> list[dict[str, Any]]:
-        from normalcy.regions import mask_regions
-
         arrays: dict[int, np.ndarray] = {}
         out: dict[int, dict[str, Any]] = {}
         for it in items:
@@ -139,7 +137,7 @@ class ModelService:
             row.pop("path", None)
             row |= {"index": i, "filename": by_index[i].filename, "format": by_index[i].info.format,
                     "width": int(img.shape[1]), "height": int(img.shape[0])}
-            row["regions"] = mask_regions(pred.mask, pred.anomaly_map) if pred.mask is not None else []
+            row.setdefault("regions", [])  # described by normalcy.explain in the prediction
             if pred.status == "ok" and pictures and pred.anomaly_map is not None:
                 row |= render_pictures(img, pred.anomaly_map, pred.mask, self.vmin, self.vmax,
                                        self.settings.preview_max_side)
