@@ -70,7 +70,7 @@ def main() -> None:
                 n_rows, _ = predict_distributed(model, paths, out, workers=n, chunk_size=args.chunk_size)
             else:  # an already running cluster, as with --scheduler: start-up is not part of the timing
                 torch.set_num_threads(1)
-                with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None,
+                with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=":0",
                                   silence_logs=logging.ERROR) as cluster:
                     label += f" (cluster start {time.perf_counter() - t0:.0f} s, not counted)"
                     t0 = time.perf_counter()

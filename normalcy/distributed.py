@@ -43,10 +43,9 @@ def import_distributed() -> Any:
 class ModelPlugin(WorkerPlugin):
     """Worker plugin carrying the model file (bytes, or a shared path for a model with a bank sidecar)."""
 
-    name = "normalcy-model"
-
     def __init__(self, key: str, data: bytes | None, path: str | None) -> None:
         self.key, self.data, self.path = key, data, path
+        self.name = f"normalcy-model-{key[:16]}"  # one per model: runs of different models can share a cluster
 
     def setup(self, worker: Any) -> None:
         """Load the model once in this worker process, with torch limited to the worker's threads."""
@@ -97,7 +96,7 @@ def connect(stack: ExitStack, scheduler: str | None, workers: int, connect_timeo
     distributed = import_distributed()
     if scheduler is None:
         cluster = stack.enter_context(distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",  # any free port
             silence_logs=logging.ERROR))
         return stack.enter_context(distributed.Client(cluster))
     try:
@@ -134,6 +133,8 @@ def predict_distributed(
         client = connect(stack, scheduler, workers, connect_timeout)
         distributed = import_distributed()
         client.register_plugin(plugin, name=plugin.name)
+        if scheduler is not None:  # a long-lived cluster: drop the model from its workers when this run ends
+            stack.callback(_unregister, client, plugin.name)
 
         def submit(ci: int) -> Any:
             payload = [(str(Path(p).absolute()), err) for p, err in chunks[ci]]  # workers have their own cwd
@@ -170,6 +171,14 @@ def predict_distributed(
     if writer.n_rows != len(entries):
         raise ClusterError(f"wrote {writer.n_rows} rows for {len(entries)} inputs: results are incomplete")
     return writer.n_rows, writer.n_failed
+
+
+def _unregister(client: Any, name: str) -> None:
+    """Best-effort removal of this run's model plugin from a shared cluster (workers free the model)."""
+    try:
+        client.unregister_worker_plugin(name)
+    except Exception as exc:  # the cluster may be gone already; nothing is lost either way
+        log.warning("could not remove worker plugin %s: %s", name, exc)
 
 
 def _write_chunk(writer: Any, first: int, chunk: list, preds: list[Any]) -> None:

@@ -284,6 +284,12 @@ class PaddedExtractor:
         return getattr(self.base, name)
 
 
+def restore_unpadded(det: Any, meta: dict[str, Any]) -> None:
+    """A model file written before `pad`/`border` existed was fitted on unpadded features: score it that way."""
+    if not meta.get("padded", False):
+        det.pad, det.border = 0.0, 0.0
+
+
 def module_arrays(prefix: str, module: nn.Module) -> dict[str, np.ndarray]:
     """A module's state dict as numpy arrays named `prefix.key` (for the safetensors model file)."""
     return {f"{prefix}.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -362,9 +368,10 @@ class FeatureModelDetector(ImageDetector):
         return {"mean": self.mean_.numpy(), "std": self.std_.numpy(), **module_arrays("net", self.net_)}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {"train": self.train_result_}
+        return {"train": self.train_result_, "padded": True}
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        restore_unpadded(self, meta)
         self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"], dtype=np.float32))
         self.std_ = torch.from_numpy(np.ascontiguousarray(arrays["std"], dtype=np.float32))
         with seeded(int(self.seed)):

@@ -87,3 +87,16 @@ def test_pad_and_border_are_checked(name, normal_images):
     for bad in ({"pad": 1.0}, {"border": 0.5}):
         with pytest.raises(ParameterError):
             normalcy.create_detector(name, **TINY, **bad).fit(normal_images)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_old_model_state_is_scored_without_padding(name, fitted):
+    det = fitted[name]
+    meta = det._state_meta()
+    assert meta["padded"] is True
+    old = normalcy.create_detector(name, **TINY)
+    old._load_state(det._state_arrays(), {"train": meta["train"]})  # what a file from before `pad` existed holds
+    assert (old.pad, old.border) == (0.0, 0.0)
+    new = normalcy.create_detector(name, **TINY)
+    new._load_state(det._state_arrays(), meta)
+    assert (new.pad, new.border) == (det.pad, det.border)

@@ -41,6 +41,7 @@ from normalcy.train import (
     load_module,
     module_arrays,
     pad_cells,
+    restore_unpadded,
     seeded,
     smoothed_max,
     split_items,
@@ -305,9 +306,12 @@ class EfficientAD(ImageDetector):
                 **module_arrays("net", self.net_)}
 
     def _state_meta(self) -> dict[str, Any]:
-        return {"train": self.train_result_}
+        return {"train": self.train_result_, "padded": True}
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        if not meta.get("padded", False):  # written before `pad`/`border`/`autoencoder`: always had the autoencoder
+            self.autoencoder = any(k.startswith("net.ae.") for k in arrays)
+        restore_unpadded(self, meta)
         self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"], dtype=np.float32))
         self.std_ = torch.from_numpy(np.ascontiguousarray(arrays["std"], dtype=np.float32))
         self.quantiles_ = torch.from_numpy(np.ascontiguousarray(arrays["quantiles"], dtype=np.float32))
