@@ -30,3 +30,22 @@ def test_patchcore_on_a_few_real_tiles():
     assert metrics.auroc(labels, result.scores) > 0.75
     pix = metrics.pixel_metrics(masks_for(goods + bads, result.maps), result.maps)
     assert pix["pixel_auroc"] > 0.8
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim"])
+def test_onnx_parity_on_real_tiles(name, tmp_path):
+    """torch vs onnxruntime on real images: scores and maps within 1e-4 of the model's median normal score."""
+    pytest.importorskip("onnxruntime")
+    import normalcy
+    from normalcy.export import export_onnx, load_onnx
+
+    train, test = load_mvtec(TILE)
+    picked = [s for s in test if s.label == 0][:4] + [s for s in test if s.label == 1][:4]
+    det = normalcy.create_detector(name, progress=False).fit(train[:30])
+    onnx_model = load_onnx(export_onnx(det, tmp_path / f"{name}.onnx"), threads=1)
+    a, b = det.score(picked), onnx_model.score(picked)
+    tol = 1e-4 * max(1.0, float(np.median(det.calibration_.scores)))
+    np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=tol)
+    for ma, mb in zip(a.maps, b.maps):
+        assert ma.shape == mb.shape
+        np.testing.assert_allclose(mb, ma, rtol=0, atol=tol)
