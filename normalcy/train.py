@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from normalcy.detectors.fewshot import erode
-from normalcy.detectors.image import ImageDetector, masked_max
+from normalcy.detectors.image import ImageDetector, border_cells, masked_max
 from normalcy.errors import ParameterError, TrainingError
 from normalcy.features.preprocess import gaussian_blur
 
@@ -252,13 +251,6 @@ def pad_cells(pad: float, image_size: int, stride: int) -> int:
     return int(round(float(pad) * int(image_size) / int(stride)))
 
 
-def border_cells(border: float, grid: int) -> int:
-    """Width in cells of the border band that never decides an image score (`border` is a fraction of the grid)."""
-    if not 0.0 <= float(border) < 0.5:
-        raise ParameterError(f"border must be a fraction in [0, 0.5), got {border}")
-    return int(round(float(border) * grid))
-
-
 class PaddedExtractor:
     """A patch-feature extractor run on a reflect-padded canvas, its output cropped back to the image's cells.
 
@@ -324,10 +316,6 @@ class FeatureModelDetector(ImageDetector):
         base = ImageDetector.extractor.fget(self)  # type: ignore[attr-defined]
         stride = min(self.strides)
         return PaddedExtractor(base, pad_cells(self.pad, int(self.image_size), stride), stride)
-
-    def score_cells(self, valid: torch.Tensor) -> torch.Tensor:
-        """Cells that decide the image score: valid ones outside the `border` band."""
-        return erode(valid, border_cells(self.border, valid.shape[-2]))
 
     def _build(self, channels: int) -> nn.Module:
         """A fresh network for `channels`-channel features (called under the detector's seed)."""

@@ -155,7 +155,7 @@ def test_bench_musc_zero_shot(tmp_path):
 def test_erode_drops_the_border_band():
     import torch
 
-    from normalcy.detectors.fewshot import erode
+    from normalcy.detectors.image import erode
 
     inner = erode(torch.ones(1, 6, 6, dtype=torch.bool), 1)
     assert inner.sum() == 16 and not inner[0, 0].any() and inner[0, 1:5, 1:5].all()

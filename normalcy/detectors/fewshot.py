@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from normalcy.detectors.image import CachedFeatures, ImageDetector, erode, masked_max  # noqa: F401 (erode re-exported)
+from normalcy.detectors.image import CachedFeatures, ImageDetector, masked_max
 from normalcy.detectors.search import greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
 from normalcy.features.preprocess import prepare_batch, valid_grid
