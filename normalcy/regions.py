@@ -1,7 +1,7 @@
 """Defect regions from a binary mask: connected components with box, area, centroid, scores and grades.
 
-`mask_regions` is the plain geometry (largest first). `describe_regions` adds what a person asks about a
-region, using the detector's calibration: mean and peak map score, a pixel p-value and a severity, sorted by peak.
+`describe_regions` gives each connected region what a person asks about it, using the detector's calibration:
+box, area, centroid, mean and peak map score, a pixel p-value and a severity, sorted by peak.
 
 Region p-value: the fraction of normal calibration pixels whose map value is >= the region's peak, read from the
 calibration's pixel quantiles (log-interpolated, so it bottoms out at 1e-6, the finest level kept). It is a
@@ -24,22 +24,6 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """8-connected component labels of `mask` (0 = background) and their number."""
     labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=EIGHT_CONNECTED)
     return labels, int(n)
-
-
-def mask_regions(mask: np.ndarray, amap: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """8-connected components of `mask`, largest first: box [x0, y0, x1, y1] (exclusive end), area, peak."""
-    if mask is None or not mask.any():
-        return []
-    labels, n = label_regions(mask)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    regions = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        region: dict[str, Any] = {"box": [int(sl[1].start), int(sl[0].start), int(sl[1].stop), int(sl[0].stop)],
-                                  "area": int(areas[i])}
-        if amap is not None:
-            region["peak"] = float(amap[sl][labels[sl] == i].max())
-        regions.append(region)
-    return sorted(regions, key=lambda r: -r["area"])
 
 
 def pixel_p_values(calibration: Any, values: np.ndarray) -> np.ndarray:

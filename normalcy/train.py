@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from normalcy.detectors.image import ImageDetector, border_cells, masked_max
 from normalcy.errors import ParameterError, TrainingError
+from normalcy.features.extractor import PaddedExtractor, pad_cells
 from normalcy.features.preprocess import gaussian_blur
 
 Batch = tuple[torch.Tensor, ...]
@@ -242,38 +242,6 @@ def smoothed_max(maps: torch.Tensor, valid: torch.Tensor, sigma: float = SCORE_S
     """
     sigma = min(sigma, (min(maps.shape[-2:]) - 1) / 4)  # reflect padding needs the kernel radius < map size
     return masked_max(gaussian_blur(maps, sigma) if sigma >= 0.5 else maps, valid)
-
-
-def pad_cells(pad: float, image_size: int, stride: int) -> int:
-    """Reflect padding around the canvas, as a fraction `pad` of the image size, in whole cells of `stride`."""
-    if not 0.0 <= float(pad) < 1.0:
-        raise ParameterError(f"pad must be a fraction of the image size in [0, 1), got {pad}")
-    return int(round(float(pad) * int(image_size) / int(stride)))
-
-
-class PaddedExtractor:
-    """A patch-feature extractor run on a reflect-padded canvas, its output cropped back to the image's cells.
-
-    With zero padding inside the CNN, cells at the image border see padding and their features are atypical; the
-    reflected margin gives them image-like context (as the few-shot detectors do). Every other attribute
-    (`backbone_only`, `backbone_sha256`, ...) is the wrapped extractor's.
-    """
-
-    def __init__(self, base: Any, cells: int, stride: int) -> None:
-        self.base, self.cells, self.stride = base, int(cells), int(stride)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """B×3×S×S images → B×C×h×w patch features of the unpadded image's cells."""
-        c = self.cells
-        if c == 0:
-            return self.base(x)
-        px = c * self.stride
-        x = F.pad(x, (px,) * 4, mode="reflect" if px < min(x.shape[-2:]) else "replicate")
-        feats = self.base(x)
-        return feats[..., c : feats.shape[-2] - c, c : feats.shape[-1] - c].contiguous()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.base, name)
 
 
 def restore_unpadded(det: Any, meta: dict[str, Any]) -> None:

@@ -137,7 +137,7 @@ def test_split_items_is_seeded_and_keeps_enough_training_items():
 
 
 def test_padded_extractor_crops_back_to_the_image_cells():
-    from normalcy.train import PaddedExtractor, pad_cells
+    from normalcy.features.extractor import PaddedExtractor, pad_cells
 
     calls = []
 

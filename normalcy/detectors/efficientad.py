@@ -33,6 +33,7 @@ from torch import nn
 from normalcy.detectors.base import ScoreResult
 from normalcy.detectors.image import CachedFeatures, ImageDetector
 from normalcy.errors import ParameterError
+from normalcy.features.extractor import pad_cells
 from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid
 from normalcy.train import (
     FeatureModelDetector,
@@ -40,7 +41,6 @@ from normalcy.train import (
     channel_stats,
     load_module,
     module_arrays,
-    pad_cells,
     restore_unpadded,
     seeded,
     smoothed_max,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from normalcy.detectors.image import CachedFeatures, ImageDetector, masked_max
 from normalcy.detectors.search import greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
+from normalcy.features.extractor import PaddedExtractor, pad_cells
 from normalcy.features.preprocess import prepare_batch, valid_grid
 
 AUGMENTS = ("none", "flip", "dihedral")
@@ -107,23 +108,19 @@ class FewShot(ImageDetector):
             setattr(self, name, values[name])
 
     # ---- features ---------------------------------------------------------------------------------------
+    def _padded(self) -> PaddedExtractor:
+        """The extractor on a canvas reflect-padded by `pad` of the image size (whole cells of the finest stride)."""
+        stride = min(self.strides)
+        return PaddedExtractor(self.extractor, pad_cells(self.pad, int(self.image_size), stride), stride)
+
     def _pad_cells(self) -> int:
         """Reflect padding added around the canvas, in cells of the finest stride."""
-        if not 0.0 <= float(self.pad) < 1.0:
-            raise ParameterError(f"pad must be a fraction of the image size in [0, 1), got {self.pad}")
-        return int(round(float(self.pad) * int(self.image_size) / min(self.strides)))
+        return self._padded().cells
 
     def _features(self, x: torch.Tensor, raw: bool = False) -> Any:
-        """Patch features (or raw stages) of a B×3×S×S batch, computed on a reflect-padded canvas."""
-        cells = self._pad_cells()
-        px = cells * min(self.strides)
-        if px:
-            x = F.pad(x, (px, px, px, px), mode="reflect" if px < x.shape[-1] else "replicate")
-        ext = self.extractor
-        if raw:
-            return ext.backbone_only(x)
-        feats = ext(x)
-        return feats[..., cells : feats.shape[-2] - cells, cells : feats.shape[-1] - cells].contiguous()
+        """Patch features (or the padded canvas's raw stages) of a B×3×S×S batch, on a reflect-padded canvas."""
+        padded = self._padded()
+        return padded.backbone_only(padded.pad(x)) if raw else padded(x)
 
     def iter_features(
         self, items: list, desc: str = "features", raw: bool = False, augment: str = "none"

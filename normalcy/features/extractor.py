@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,3 +89,40 @@ class PatchFeatureExtractor:
             if self.projection is not None:
                 feats = torch.einsum("bchw,cd->bdhw", feats, self.projection)
             return feats.contiguous()
+
+
+def pad_cells(pad: float, image_size: int, stride: int) -> int:
+    """Reflect padding around the canvas, as a fraction `pad` of the image size, in whole cells of `stride`."""
+    if not 0.0 <= float(pad) < 1.0:
+        raise ParameterError(f"pad must be a fraction of the image size in [0, 1), got {pad}")
+    return int(round(float(pad) * int(image_size) / int(stride)))
+
+
+class PaddedExtractor:
+    """A patch-feature extractor run on a reflect-padded canvas, its output cropped back to the image's cells.
+
+    With zero padding inside the CNN, cells at the image border see padding and their features are atypical; the
+    reflected margin gives them image-like context (few-shot and trained detectors use it). Every other attribute
+    (`backbone_only`, `backbone_sha256`, ...) is the wrapped extractor's.
+    """
+
+    def __init__(self, base: Any, cells: int, stride: int) -> None:
+        self.base, self.cells, self.stride = base, int(cells), int(stride)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """The B×3×S×S batch with its reflected margin (replicated when the margin exceeds the image)."""
+        px = self.cells * self.stride
+        if px == 0:
+            return x
+        return F.pad(x, (px,) * 4, mode="reflect" if px < min(x.shape[-2:]) else "replicate")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S images → B×C×h×w patch features of the unpadded image's cells."""
+        c = self.cells
+        if c == 0:
+            return self.base(x)
+        feats = self.base(self.pad(x))
+        return feats[..., c : feats.shape[-2] - c, c : feats.shape[-1] - c].contiguous()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
