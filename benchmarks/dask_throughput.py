@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from distributed import LocalCluster
 
+from normalcy.apps.distributed import predict_distributed
+from normalcy.apps.results import predict_to_folder
 from normalcy.data import load_mvtec
-from normalcy.detectors.patchcore import PatchCore
-from normalcy.distributed import predict_distributed
-from normalcy.predict_io import predict_to_folder
+from normalcy.detectors.image.patchcore import PatchCore
 
 
 def rows(out: Path) -> list[dict]:

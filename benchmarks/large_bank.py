@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from normalcy.detectors.bank import open_bank, streamed_nearest, write_list_ordered
-from normalcy.detectors.faiss_index import FaissIndex, faiss_available
-from normalcy.detectors.search import IVFIndex, nearest_neighbors, train_lists
+from normalcy.detectors.image.bank import open_bank, streamed_nearest, write_list_ordered
+from normalcy.detectors.image.faiss_index import FaissIndex, faiss_available
+from normalcy.detectors.image.search import IVFIndex, nearest_neighbors, train_lists
 
 LIST_SIZE_SYNTHETIC = 1024  # rows per IVF list on the 10^6 bank (977 lists; k-means on 64 rows per list)
 
@@ -47,9 +47,9 @@ def recall_at_1(dist: torch.Tensor, exact: torch.Tensor) -> float:
 # ---- part 1: real patch features ----------------------------------------------------------------------------
 def real_features(data: str, n_train: int, n_test: int, n_queries: int) -> None:
     from normalcy import metrics
-    from normalcy.bench.images import masks_for
+    from normalcy.apps.bench.images import masks_for
     from normalcy.data import load_mvtec
-    from normalcy.detectors.patchcore import PatchCore
+    from normalcy.detectors.image.patchcore import PatchCore
 
     train, test = load_mvtec(data)
     rng = np.random.default_rng(0)

@@ -78,7 +78,7 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
 
 def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
     """`normalcy serve` in a child process; returns once /health answers."""
-    cmd = [sys.executable, "-m", "normalcy.cli", "serve", str(model), "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "normalcy.apps.cli", "serve", str(model), "--host", HOST, "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

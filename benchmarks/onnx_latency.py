@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 import normalcy
+from normalcy.apps.export import load_onnx
 from normalcy.data import as_rgb_array, list_images
-from normalcy.export import load_onnx
 from normalcy.features.preprocess import prepare_batch, valid_grid
 
 

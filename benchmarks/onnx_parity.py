@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 import normalcy
+from normalcy.apps.export import export_onnx, load_onnx
 from normalcy.data import as_rgb_array, load_mvtec
-from normalcy.export import export_onnx, load_onnx
 
 
 def subsample(items: list, n: int, seed: int) -> list:

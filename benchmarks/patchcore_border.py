@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from normalcy import metrics
-from normalcy.bench.images import masks_for
+from normalcy.apps.bench.images import masks_for
 from normalcy.data import as_rgb_array, load_mvtec
-from normalcy.detectors.image import erode
-from normalcy.detectors.search import greedy_coreset, nearest_neighbors
+from normalcy.detectors.image.common import erode
+from normalcy.detectors.image.search import greedy_coreset, nearest_neighbors
 from normalcy.features.extractor import PatchFeatureExtractor
 from normalcy.features.preprocess import gaussian_blur, placement_for, prepare_batch, restore_maps
 

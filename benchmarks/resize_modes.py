@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from normalcy import metrics
-from normalcy.bench.images import masks_for
+from normalcy.apps.bench.images import masks_for
 from normalcy.data import load_mvtec
-from normalcy.detectors.patchcore import PatchCore
+from normalcy.detectors.image.patchcore import PatchCore
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ import torch
 
 from normalcy import metrics
 from normalcy.data import load_mvtec, read_mask
-from normalcy.detectors.image import masked_max
-from normalcy.detectors.patchcore import PatchCore
-from normalcy.detectors.semisup import SemiSupervised
+from normalcy.detectors.image.common import masked_max
+from normalcy.detectors.image.patchcore import PatchCore
+from normalcy.detectors.image.semisup import SemiSupervised
 from normalcy.features.preprocess import restore_maps
 
 

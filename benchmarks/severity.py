@@ -6,7 +6,8 @@ python benchmarks/severity.py ../shared/data/magnetic_tile [--out /tmp/severity]
 Builds an MVTec-layout folder: train/good = links to a seeded subsample of the category's train/good; defects =
 `normalcy synth --severity-levels L` (Perlin, cut-paste, transplants of the category's real test defects) on a
 seeded subsample of test/good (never seen in training), plus those bases untouched as test/good; then fits each
-detector on train/good and reports the Spearman fields `normalcy bench` adds (`normalcy.severity.severity_fields`),
+detector on train/good and reports the Spearman fields `normalcy bench` adds
+(`normalcy.calibration.severity.severity_fields`),
 overall and per kind (`normalcy bench <out>/category` prints the same overall fields in its JSON).
 """
 
@@ -21,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from normalcy import metrics
-from normalcy.bench.images import json_ready
+from normalcy.apps.bench.images import json_ready
+from normalcy.calibration.severity import severity_fields
 from normalcy.data import list_images, load_mvtec
 from normalcy.detectors import create_detector
-from normalcy.severity import severity_fields
-from normalcy.synth_io import synthesize
+from normalcy.synth.folders import synthesize
 
 
 def link_subsample(src: Path, dst: Path, n: int, seed: int) -> None:

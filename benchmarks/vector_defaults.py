@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from normalcy.bench.vector import stratified_split
+from normalcy.apps.bench.vector import stratified_split
+from normalcy.data.tables import read_table
+from normalcy.detectors.vector import create_vector_detector
 from normalcy.metrics import auroc, average_precision
-from normalcy.vector import create_vector_detector
-from normalcy.vector.tables import read_table
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tabular"
 

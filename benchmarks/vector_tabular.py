@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from normalcy.bench.vector import main
+from normalcy.apps.bench.vector import main
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from normalcy.calibrate import Calibration
+from normalcy.calibration.conformal import Calibration
 from normalcy.errors import ModelFileError, ParameterError
 
 FORMAT = "normalcy-model"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from normalcy.calibrate import Calibration, calibration_folds, conformal_p_values, score_threshold
+from normalcy.calibration.conformal import Calibration, calibration_folds, conformal_p_values, score_threshold
 from normalcy.errors import ParameterError
 
 
@@ -72,7 +72,7 @@ def test_bad_alpha():
 
 
 def test_pixel_threshold_interpolates_quantiles():
-    from normalcy.calibrate import PIXEL_FPR_GRID, pixel_quantiles
+    from normalcy.calibration.conformal import PIXEL_FPR_GRID, pixel_quantiles
 
     rng = np.random.default_rng(3)
     maps = [rng.random((50, 50)) for _ in range(20)]

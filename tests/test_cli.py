@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from normalcy.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
+from normalcy.apps.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, main
 from tests.conftest import write_mvtec
 
 SMALL = ["--image-size", "64", "--param", "progress=false"]

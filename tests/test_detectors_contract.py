@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from normalcy.detectors import DETECTORS, create_detector, detector_class
+from normalcy.detectors.estimator import clone
 from normalcy.errors import NotFittedError, ParameterError
-from normalcy.estimator import clone
 from normalcy.metrics import auroc
 
 SMALL = {"image_size": 64, "progress": False, "batch_size": 8}

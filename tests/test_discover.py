@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.clustering import ari, cluster, cluster_accuracy, cluster_metrics, contingency, nmi, prepare_embeddings
-from normalcy.contact_sheet import MIN_CROP, crop_box
 from normalcy.errors import ParameterError
+from normalcy.explain.clustering import (
+    ari,
+    cluster,
+    cluster_accuracy,
+    cluster_metrics,
+    contingency,
+    nmi,
+    prepare_embeddings,
+)
+from normalcy.explain.contact_sheet import MIN_CROP, crop_box
 
 TRUTH = [0, 0, 0, 1, 1, 1]
 PRED = [0, 0, 1, 1, 2, 2]
@@ -74,7 +82,7 @@ def tiny_mvtec(tmp_path_factory):
 
 @pytest.mark.filterwarnings("ignore:.*smallest p-value")  # fitted at the default alpha, decided at 0.1
 def test_discover_cli_writes_sheets_and_report(tiny_mvtec, tmp_path):
-    from normalcy.cli import EXIT_OK, main
+    from normalcy.apps.cli import EXIT_OK, main
 
     out, report_path = tmp_path / "sheets", tmp_path / "report.json"
     code = main(["discover", str(tiny_mvtec), "--json", str(report_path), "-o", str(out), "--fit-images", "0",
@@ -95,8 +103,8 @@ def test_discover_cli_writes_sheets_and_report(tiny_mvtec, tmp_path):
 
 
 def test_discover_without_model_needs_train_good(tmp_path):
-    from normalcy.discover import discover
     from normalcy.errors import LayoutError
+    from normalcy.explain.discover import discover
 
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")

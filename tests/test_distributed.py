@@ -17,11 +17,11 @@ distributed = pytest.importorskip(
     "distributed", reason="Dask distributed is not installed: pip install 'normalcy[dask]' to run these tests")
 cloudpickle = pytest.importorskip("cloudpickle", reason="cloudpickle (a Dask dependency) is not installed")
 
-from normalcy.cli import EXIT_ERROR, main  # noqa: E402
+from normalcy.apps.cli import EXIT_ERROR, main  # noqa: E402
+from normalcy.apps.distributed import predict_distributed, score_chunk  # noqa: E402
+from normalcy.apps.results import predict_to_folder  # noqa: E402
 from normalcy.detectors import PatchCore  # noqa: E402
-from normalcy.distributed import predict_distributed, score_chunk  # noqa: E402
 from normalcy.errors import ClusterError  # noqa: E402
-from normalcy.predict_io import predict_to_folder  # noqa: E402
 from tests.conftest import write_mvtec  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this test module
@@ -59,11 +59,11 @@ def test_dask_run_survives_a_killed_worker_and_matches_the_local_run(setup, tmp_
     model, inputs = setup
     n_local, failed_local = predict_to_folder(model, inputs, tmp_path / "local")
     marker = tmp_path / "crashed"
-    with caplog.at_level(logging.WARNING, logger="normalcy.distributed"):
+    with caplog.at_level(logging.WARNING, logger="normalcy.apps.distributed"):
         n, failed = predict_distributed(model, inputs, tmp_path / "dask", workers=2, chunk_size=2,
                                         chunk_fn=functools.partial(crash_once, str(marker)))
     assert marker.exists()  # a worker really died mid-run
-    resubmitted = {r.args[0] for r in caplog.records if r.name == "normalcy.distributed"}
+    resubmitted = {r.args[0] for r in caplog.records if r.name == "normalcy.apps.distributed"}
     assert resubmitted == {3}  # chunk 1 was rerun by Dask itself after its worker died; only chunk 3 by us
     local, dask_rows = _rows(tmp_path / "local"), _rows(tmp_path / "dask")
     assert [r["path"] for r in dask_rows] == [r["path"] for r in local]  # input order, no duplicates

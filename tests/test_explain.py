@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from normalcy.calibrate import PIXEL_FPR_GRID, Calibration
+from normalcy.calibration.conformal import PIXEL_FPR_GRID, Calibration
 from normalcy.errors import ParameterError
-from normalcy.explain import add_nearest_types, position_word, sentence, size_word
-from normalcy.narrator import Narrator
-from normalcy.regions import describe_regions, pixel_p_values, regions_with_masks
+from normalcy.explain.narrator import Narrator
+from normalcy.explain.regions import describe_regions, pixel_p_values, regions_with_masks
+from normalcy.explain.summary import add_nearest_types, attach, position_word, sentence, size_word
 from tests.conftest import texture
 
 
@@ -89,6 +89,8 @@ def test_sentence_names_count_place_size_severity_and_type():
 def test_predictions_carry_regions_and_summary(fitted_small):
     det, bad, _ = fitted_small
     pred = det.predict([bad], alpha=0.1)[0]
+    assert pred.explanation is None  # the library decides; callers (predict, serve) attach explanations
+    pred = attach(pred, det.calibration_)
     row = pred.to_dict()
     assert pred.is_anomaly and row["regions"] and row["regions"][0]["box"]
     assert row["explanation"].startswith(f"{len(row['regions'])} anomalous region")
@@ -99,7 +101,7 @@ def test_predictions_carry_regions_and_summary(fitted_small):
 @pytest.fixture(scope="module")
 def fitted_small():
     """PatchCore at 64 px on stripe textures, plus one red-square and one dark-bar defect image."""
-    from normalcy.detectors.patchcore import PatchCore
+    from normalcy.detectors.image.patchcore import PatchCore
 
     rng = np.random.default_rng(0)
     det = PatchCore(image_size=64, progress=False, alpha=0.1).fit([texture(rng) for _ in range(20)])
@@ -119,7 +121,7 @@ def dark_bar(img: np.ndarray, y: int) -> np.ndarray:
 
 
 def test_gallery_names_the_nearest_defect_type(fitted_small, tmp_path):
-    from normalcy.gallery import DefectGallery
+    from normalcy.explain.gallery import DefectGallery
 
     det, _, _ = fitted_small
     rng = np.random.default_rng(5)
@@ -209,7 +211,7 @@ def test_narrator_rejects_bad_settings():
 
 
 def test_predict_cli_writes_regions_summary_and_narration(fitted_small, fake_server, tmp_path):
-    from normalcy.cli import EXIT_OK, main
+    from normalcy.apps.cli import EXIT_OK, main
 
     det, bad, _ = fitted_small
     model = det.save(tmp_path / "m.normalcy")
@@ -226,7 +228,7 @@ def test_predict_cli_writes_regions_summary_and_narration(fitted_small, fake_ser
 
 def test_service_schema_keeps_region_details_and_summary(fitted_small):
     pytest.importorskip("pydantic")
-    from normalcy.serve.schemas import ImageResult
+    from normalcy.apps.serve.schemas import ImageResult
 
     det, bad, _ = fitted_small
     row = det.predict([bad], alpha=0.1)[0].to_dict()

@@ -10,7 +10,7 @@ import pytest
 
 import normalcy
 from normalcy.detectors import create_detector
-from normalcy.detectors.fewshot import sample_references, views
+from normalcy.detectors.image.fewshot import sample_references, views
 from normalcy.errors import DataError, ParameterError
 
 SMALL = {"image_size": 64, "progress": False}
@@ -124,7 +124,7 @@ def test_reference_one_per_class_picks_the_right_class(normal_images, test_image
 def test_bench_fewshot_rows_have_shots_and_seed(tmp_path):
     from conftest import write_mvtec
 
-    from normalcy.bench.fewshot import run_fewshot_bench
+    from normalcy.apps.bench.fewshot import run_fewshot_bench
 
     root = write_mvtec(tmp_path / "tiny", n_train=5, n_good=3, n_bad=3)
     out = tmp_path / "r.json"
@@ -145,7 +145,7 @@ def test_bench_fewshot_rows_have_shots_and_seed(tmp_path):
 def test_bench_musc_zero_shot(tmp_path):
     from conftest import write_mvtec
 
-    from normalcy.bench.fewshot import run_fewshot_bench
+    from normalcy.apps.bench.fewshot import run_fewshot_bench
 
     root = write_mvtec(tmp_path / "tiny", n_train=2, n_good=6, n_bad=2)
     rows = run_fewshot_bench(root, ["musc"], {**SMALL}, None, timing_images=2, echo=lambda *_: None)
@@ -155,7 +155,7 @@ def test_bench_musc_zero_shot(tmp_path):
 def test_erode_drops_the_border_band():
     import torch
 
-    from normalcy.detectors.image import erode
+    from normalcy.detectors.image.common import erode
 
     inner = erode(torch.ones(1, 6, 6, dtype=torch.bool), 1)
     assert inner.sum() == 16 and not inner[0, 0].any() and inner[0, 1:5, 1:5].all()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from normalcy import metrics
-from normalcy.bench.images import masks_for
+from normalcy.apps.bench.images import masks_for
 from normalcy.data import load_mvtec
-from normalcy.detectors.patchcore import PatchCore
+from normalcy.detectors.image.patchcore import PatchCore
 from tests.conftest import SHARED_DATA
 
 TILE = SHARED_DATA / "magnetic_tile"
@@ -37,7 +37,7 @@ def test_onnx_parity_on_real_tiles(name, tmp_path):
     """torch vs onnxruntime on real images: scores and maps within 1e-4 of the model's median normal score."""
     pytest.importorskip("onnxruntime")
     import normalcy
-    from normalcy.export import export_onnx, load_onnx
+    from normalcy.apps.export import export_onnx, load_onnx
 
     train, test = load_mvtec(TILE)
     picked = [s for s in test if s.label == 0][:4] + [s for s in test if s.label == 1][:4]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from normalcy.detectors import PatchCore
-from normalcy.detectors.bank import open_bank, streamed_nearest, write_bank, write_list_ordered
-from normalcy.detectors.faiss_index import FaissIndex, faiss_available
-from normalcy.detectors.search import IVFIndex, nearest_neighbors, train_lists
+from normalcy.detectors.image.bank import open_bank, streamed_nearest, write_bank, write_list_ordered
+from normalcy.detectors.image.faiss_index import FaissIndex, faiss_available
+from normalcy.detectors.image.search import IVFIndex, nearest_neighbors, train_lists
 from normalcy.errors import MissingDependencyError, ModelFileError, ParameterError
 from normalcy.store import load
 

@@ -15,10 +15,10 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 import normalcy  # noqa: E402
-from normalcy.cli import main  # noqa: E402
+from normalcy.apps.cli import main  # noqa: E402
+from normalcy.apps.export import ONNX_FORMAT, export_onnx, load_onnx  # noqa: E402
+from normalcy.apps.export.onnx_export import META_KEY  # noqa: E402
 from normalcy.errors import MissingDependencyError, ModelFileError, NotFittedError, ParameterError  # noqa: E402
-from normalcy.export import ONNX_FORMAT, export_onnx, load_onnx  # noqa: E402
-from normalcy.export.onnx_export import META_KEY  # noqa: E402
 
 # alpha/calibration_fraction chosen so one hold-out split can flag images: one fit per detector, masks non-empty
 SMALL = {"image_size": 64, "progress": False, "alpha": 0.3, "calibration_fraction": 0.5}
@@ -148,7 +148,7 @@ def test_approximate_search_exported_exact_with_warning(normal_images, test_imag
 
 
 def test_bank_too_large_for_one_file_refused(exported, tmp_path, monkeypatch):
-    import normalcy.export.graph as graph
+    import normalcy.apps.export.graph as graph
 
     monkeypatch.setattr(graph, "MAX_BYTES", 1000)
     with pytest.raises(ParameterError, match="larger than one ONNX file"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from normalcy.detectors.search import IVFIndex, greedy_coreset, nearest_neighbors
+from normalcy.detectors.image.search import IVFIndex, greedy_coreset, nearest_neighbors
 
 
 def test_exact_knn_matches_cdist_under_a_tiny_budget():

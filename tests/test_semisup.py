@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import normalcy as nc
-from normalcy.detectors.patchcore import PatchCore
-from normalcy.detectors.semisup import SemiSupervised
+from normalcy.detectors.image.patchcore import PatchCore
+from normalcy.detectors.image.semisup import SemiSupervised
+from normalcy.detectors.image.semisup_head import mask_to_grid, positive_cells, smote
 from normalcy.errors import MaskMismatchError, ParameterError
 from normalcy.features.preprocess import placement_for
 from normalcy.metrics import auroc, pixel_auroc
-from normalcy.semisup_head import mask_to_grid, positive_cells, smote
 from tests.conftest import texture
 
 SMALL = {"image_size": 64, "progress": False, "batch_size": 8, "alpha": 0.2}  # alpha 0.2: a 20% hold-out suffices

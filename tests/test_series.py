@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from normalcy.errors import ShapeError
-from normalcy.series import (
+from normalcy.detectors.series import (
     SeriesDetector,
     composite_f1,
     label_events,
@@ -17,6 +16,7 @@ from normalcy.series import (
     sliding_windows,
     window_to_point_scores,
 )
+from normalcy.errors import ShapeError
 
 
 def test_sliding_windows_univariate_and_multivariate():

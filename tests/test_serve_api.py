@@ -14,8 +14,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from normalcy.calibrate import conformal_p_values  # noqa: E402
-from normalcy.serve import ServeSettings, create_app  # noqa: E402
+from normalcy.apps.serve import ServeSettings, create_app  # noqa: E402
+from normalcy.calibration.conformal import conformal_p_values  # noqa: E402
 from tests.test_serve_helpers import defect_png, model_file, normal_png, png_bytes  # noqa: E402
 
 
@@ -246,7 +246,7 @@ def test_openapi_describes_every_result_field(client):
 
 
 def test_cli_serve_reports_a_missing_model(tmp_path, capsys):
-    from normalcy.cli import EXIT_ERROR, main
+    from normalcy.apps.cli import EXIT_ERROR, main
 
     assert main(["serve", str(tmp_path / "missing.normalcy"), "--port", "1"]) == EXIT_ERROR
     assert "model file not found" in capsys.readouterr().err

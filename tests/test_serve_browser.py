@@ -35,7 +35,7 @@ def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "normalcy.cli", "--threads", "2", "serve", str(model),
+        proc = subprocess.Popen([sys.executable, "-m", "normalcy.apps.cli", "--threads", "2", "serve", str(model),
                                  "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

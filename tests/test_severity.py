@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from normalcy.bench.images import run_image_bench
+from normalcy.apps.bench.images import run_image_bench
+from normalcy.calibration.severity import rank, read_severity, severity_fields, spearman
 from normalcy.errors import DataError
-from normalcy.severity import rank, read_severity, severity_fields, spearman
-from normalcy.synth import cut_paste, perlin_blend, quantize
-from normalcy.synth_io import synthesize
+from normalcy.synth.anomalies import cut_paste, perlin_blend, quantize
+from normalcy.synth.folders import synthesize
 from tests.conftest import texture
 
 

@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from normalcy.cli import main
+from normalcy.apps.cli import main
 from normalcy.data import load_mvtec, read_mask
 from normalcy.errors import EmptyFolderError, MaskMismatchError, MissingMaskError, ParameterError
-from normalcy.synth import cut_paste, perlin_blend, poisson_blend, quantize, transplant
-from normalcy.synth_io import find_defects, synthesize
-from normalcy.synth_noise import perlin_mask, perlin_noise
+from normalcy.synth.anomalies import cut_paste, perlin_blend, poisson_blend, quantize, transplant
+from normalcy.synth.folders import find_defects, synthesize
+from normalcy.synth.noise import perlin_mask, perlin_noise
 from tests.conftest import texture, with_defect, write_mvtec
 
 

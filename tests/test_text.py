@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from normalcy.detectors.text import TextDetector, as_texts, read_sms_spam, resolve_embedding
+from normalcy.features import minilm
 from normalcy.errors import DataError, NotFittedError
 from normalcy.metrics import auroc
-from normalcy.text import TextDetector, as_texts, read_sms_spam, resolve_embedding
-from normalcy.vector import minilm
 
 NORMAL_TEMPLATES = [
     "the meeting is moved to {} pm, see you in room {}",

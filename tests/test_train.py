@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from normalcy.detectors.training import seeded, split_items, train
 from normalcy.errors import ParameterError, TrainingError
-from normalcy.train import seeded, split_items, train
 
 
 def regression_data(seed: int = 0, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,8 +157,8 @@ def test_padded_extractor_crops_back_to_the_image_cells():
 
 
 def test_border_band_never_decides_the_image_score():
-    from normalcy.detectors.simplenet import SimpleNet
-    from normalcy.train import border_cells, smoothed_max
+    from normalcy.detectors.image.simplenet import SimpleNet
+    from normalcy.detectors.training import border_cells, smoothed_max
 
     maps = torch.zeros(1, 16, 16)
     maps[0, 0, 5] = 10.0  # hot cell on the image border

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from normalcy.detectors.estimator import clone
+from normalcy.detectors.vector import NUMERIC_DETECTORS, VECTOR_DETECTORS, create_vector_detector, vector_detector_class
 from normalcy.errors import NotFittedError, ParameterError, ShapeError
-from normalcy.estimator import clone
 from normalcy.metrics import auroc
-from normalcy.vector import NUMERIC_DETECTORS, VECTOR_DETECTORS, create_vector_detector, vector_detector_class
 
 FAST = {"autoencoder": {"epochs": 25, "max_seconds": 20.0}, "iforest": {"n_estimators": 50}}
 
@@ -155,7 +155,7 @@ def test_registry_errors():
 
 
 def test_knn_matches_brute_force_all_backends():
-    from normalcy.vector.neighbors import knn_distances
+    from normalcy.detectors.vector.neighbors import knn_distances
 
     rng = np.random.default_rng(0)
     ref, q = rng.normal(size=(300, 20)) * 50 + 1000, rng.normal(size=(40, 20)) * 50 + 1000

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from normalcy.bench.vector import main
+from normalcy.apps.bench.vector import main
 
 
 def write_set(path, seed: int, n: int = 240, d: int = 4) -> None:
@@ -58,7 +58,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_text_and_series_modes(tmp_path, monkeypatch):
-    from normalcy.vector import minilm
+    from normalcy.features import minilm
 
     monkeypatch.setattr(minilm, "available", lambda: False)  # keep the test fast: TF-IDF only
     rng = np.random.default_rng(0)
@@ -109,6 +109,6 @@ def test_text_and_series_modes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["knn", "iforest"])
 def test_pyod_factory_names(name):
-    from normalcy.bench.vector import PYOD_MODELS
+    from normalcy.apps.bench.vector import PYOD_MODELS
 
     assert name in PYOD_MODELS

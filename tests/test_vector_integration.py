@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normalcy.bench.vector import stratified_split
+from normalcy.apps.bench.vector import stratified_split
+from normalcy.data.tables import read_table
+from normalcy.detectors.vector import create_vector_detector
 from normalcy.metrics import auroc
-from normalcy.vector import create_vector_detector
-from normalcy.vector.tables import read_table
 
 TABULAR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tabular"
 

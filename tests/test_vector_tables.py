@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from normalcy.data.tables import read_table
 from normalcy.errors import DataError, PathNotFoundError, ShapeError
-from normalcy.vector.tables import read_table
 
 
 def write(path, text: str):
@@ -123,7 +123,7 @@ def test_parquet(tmp_path):
 
 
 def test_table_feeds_mixed_detector(tmp_path):
-    from normalcy.vector import create_vector_detector
+    from normalcy.detectors.vector import create_vector_detector
 
     rng = np.random.default_rng(0)
     lines = ["x,y,kind,label"]

@@ -1,4 +1,9 @@
-"""Detector registry: an explicit name → "module:Class" map (no subclass scanning, no import side effects)."""
+"""Detectors for every modality on one estimator API (base.py, estimator.py, training.py), by modality in image/,
+vector/, text.py and series.py; they import data, features and calibration, never explain or apps.
+
+The registry is an explicit name -> "module:Class" map (no subclass scanning, no import side effects): adding a
+detector is one file plus one line here, and the contract tests pick it up.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,37 @@ from typing import Any
 
 from normalcy.errors import ParameterError
 
-DETECTORS: dict[str, str] = {
-    "patchcore": "normalcy.detectors.patchcore:PatchCore",
-    "padim": "normalcy.detectors.padim:PaDiM",
-    "gaussian": "normalcy.detectors.gaussian:GaussianAD",
-    "fewshot": "normalcy.detectors.fewshot:FewShot",
-    "dictionary": "normalcy.detectors.dictionary:Dictionary",
-    "reference": "normalcy.detectors.reference:Reference",
-    "musc": "normalcy.detectors.musc:MuSc",
-    "inp": "normalcy.detectors.inp:INP",
-    "simplenet": "normalcy.detectors.simplenet:SimpleNet",
-    "fastflow": "normalcy.detectors.fastflow:FastFlow",
-    "efficientad": "normalcy.detectors.efficientad:EfficientAD",
-    "vae": "normalcy.detectors.vae:VAE",
-    "semisup": "normalcy.detectors.semisup:SemiSupervised",
+IMAGE_DETECTORS: dict[str, str] = {
+    "patchcore": "normalcy.detectors.image.patchcore:PatchCore",
+    "padim": "normalcy.detectors.image.padim:PaDiM",
+    "gaussian": "normalcy.detectors.image.gaussian:GaussianAD",
+    "fewshot": "normalcy.detectors.image.fewshot:FewShot",
+    "dictionary": "normalcy.detectors.image.dictionary:Dictionary",
+    "reference": "normalcy.detectors.image.reference:Reference",
+    "musc": "normalcy.detectors.image.musc:MuSc",
+    "inp": "normalcy.detectors.image.inp:INP",
+    "simplenet": "normalcy.detectors.image.simplenet:SimpleNet",
+    "fastflow": "normalcy.detectors.image.fastflow:FastFlow",
+    "efficientad": "normalcy.detectors.image.efficientad:EfficientAD",
+    "vae": "normalcy.detectors.image.vae:VAE",
+    "semisup": "normalcy.detectors.image.semisup:SemiSupervised",
 }
+DETECTORS = IMAGE_DETECTORS  # the image registry under its old name
+
+
+def registry() -> dict[str, str]:
+    """Every registered detector of every modality: name -> "module:Class"."""
+    from normalcy.detectors.vector import VECTOR_DETECTORS
+
+    return {**IMAGE_DETECTORS, **VECTOR_DETECTORS}
 
 
 def detector_class(name: str) -> type:
     """The class registered under `name` (imported on first use)."""
-    target = DETECTORS.get(name) or _vector_target(name)
+    known = registry()
+    target = known.get(name)
     if target is None:
-        known = sorted(DETECTORS) + sorted(_vector_registry())
-        raise ParameterError(f"unknown detector {name!r}; known detectors: {', '.join(known)}")
+        raise ParameterError(f"unknown detector {name!r}; known detectors: {', '.join(sorted(known))}")
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -39,22 +52,12 @@ def create_detector(name: str, **params: Any):
     return detector_class(name)(**params)
 
 
-def _vector_registry() -> dict[str, str]:
-    try:
-        from normalcy.vector import VECTOR_DETECTORS
-    except ImportError:
-        return {}
-    return dict(VECTOR_DETECTORS)
-
-
-def _vector_target(name: str) -> str | None:
-    return _vector_registry().get(name)
-
-
 def __getattr__(attr: str):
-    """`normalcy.detectors.PatchCore` etc. without importing every detector up front."""
-    for target in DETECTORS.values():
+    """`normalcy.detectors.PatchCore`, `normalcy.detectors.KNN` etc. without importing every detector up front."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    for target in registry().values():
         module, cls = target.split(":")
         if cls == attr:
             return getattr(importlib.import_module(module), cls)
-    raise AttributeError(attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from normalcy.calibrate import PIXEL_FPR_GRID, Calibration, calibration_folds, check_alpha, pixel_quantiles
+from normalcy.calibration.conformal import PIXEL_FPR_GRID, Calibration, calibration_folds, check_alpha, pixel_quantiles
+from normalcy.detectors.estimator import Estimator
 from normalcy.errors import ParameterError
-from normalcy.estimator import Estimator
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Prediction:
     path: str | None = None
     status: str = "ok"
     error: str = ""
-    explanation: dict[str, Any] | None = field(default=None, repr=False)  # regions + summary (normalcy.explain)
+    explanation: dict[str, Any] | None = field(default=None, repr=False)  # regions + summary (normalcy.explain.summary)
 
     @property
     def defect_area(self) -> int:
@@ -186,11 +186,6 @@ class Detector(Estimator):
                     anomaly_map=amap, mask=mask, path=paths[i] if paths else None,
                 )
             )
-        if result.maps is not None:
-            from normalcy.explain import attach
-
-            for pred in out:
-                attach(pred, cal)
         return out
 
     def _item_paths(self, X: Any, n: int) -> list[str | None]:

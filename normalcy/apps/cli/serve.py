@@ -1,0 +1,44 @@
+"""`normalcy serve`: the HTTP service and review page for one model file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from normalcy.apps.cli.common import EXIT_ERROR
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="HTTP service + review page for a model (needs normalcy[serve])")
+    p.add_argument("model", help="a .normalcy model file, loaded once at start-up")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-files", type=int, default=16, help="images per request (default 16)")
+    p.add_argument("--max-file-mb", type=float, default=20, help="MiB per uploaded file (default 20)")
+    p.add_argument("--max-request-mb", type=float, default=100, help="MiB per request body (default 100)")
+    p.add_argument("--max-megapixels", type=float, default=40, help="megapixels per image (default 40)")
+    p.add_argument("--queue-size", type=int, default=16, help="requests waiting before 503 (default 16)")
+    p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        print(f"normalcy: error: serve needs the serve extra: pip install 'normalcy[serve]' ({exc})", file=sys.stderr)
+        return EXIT_ERROR
+    from normalcy.apps.serve import ServeSettings
+    from normalcy.apps.serve import run as serve_run
+    from normalcy.store import read_file
+
+    read_file(args.model)  # a missing or broken model file is reported here, before the server starts
+    mib = 1024 * 1024
+    settings = ServeSettings(
+        model_path=Path(args.model), max_files=args.max_files, max_file_bytes=int(args.max_file_mb * mib),
+        max_request_bytes=int(args.max_request_mb * mib), max_pixels=int(args.max_megapixels * 1e6),
+        queue_size=args.queue_size, workers=args.workers,
+    )
+    return serve_run(settings, host=args.host, port=args.port)

@@ -1,0 +1,200 @@
+"""PatchCore (Roth et al., 2022): a coreset memory bank of normal patch features; score = NN distance.
+
+The image score is the largest patch score outside a thin border band (`border`, default 1/16 of the side: the
+paper's 224-of-256 centre crop), where zero-padded CNN features are atypical; maps keep every cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from normalcy.detectors.image.bank import open_bank, streamed_nearest, write_bank
+from normalcy.detectors.image.common import ImageDetector, masked_max
+from normalcy.detectors.image.search import (
+    Bank,
+    IVFIndex,
+    greedy_coreset,
+    is_list_ordered,
+    nearest_neighbors,
+    squared_norms,
+    train_lists,
+)
+from normalcy.errors import ModelFileError, ParameterError
+
+EXACT_SEARCH_MAX = 16384  # banks up to this size are searched exactly with search="auto"
+SEARCH_MODES = ("auto", "exact", "ivf", "faiss-ivf", "faiss-hnsw")
+BANK_STORAGE = ("inline", "mmap")
+
+
+class PatchCore(ImageDetector):
+    """Nearest-neighbour distance of each test patch to a greedy-coreset memory bank of normal patches."""
+
+    name = "patchcore"
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        weights: str | Path | None = None,
+        image_size: int = 256,
+        resize_mode: str = "stretch",
+        strides: Sequence[int] = (8, 16),
+        aggregate: int = 3,
+        project_dim: int | None = None,
+        coreset_ratio: float = 0.1,
+        coreset_dim: int = 64,
+        reweight: bool = False,
+        search: str = "auto",
+        n_probe: int = 8,
+        bank_storage: str = "inline",
+        border: float = 0.0625,
+        sigma: float = 4.0,
+        batch_size: int = 16,
+        memory_budget_mb: int = 256,
+        alpha: float = 0.01,
+        pixel_fpr: float = 0.001,
+        calibration_fraction: float = 0.2,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.strides = strides
+        self.aggregate = aggregate
+        self.project_dim = project_dim
+        self.coreset_ratio = coreset_ratio
+        self.coreset_dim = coreset_dim
+        self.reweight = reweight
+        self.search = search
+        self.n_probe = n_probe
+        self.bank_storage = bank_storage
+        self.border = border
+        self.sigma = sigma
+        self.batch_size = batch_size
+        self.memory_budget_mb = memory_budget_mb
+        self.alpha = alpha
+        self.pixel_fpr = pixel_fpr
+        self.calibration_fraction = calibration_fraction
+        self.seed = seed
+        self.progress = progress
+
+    def _fit(self, items: list) -> None:
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        patches = self.collect_patches(items)
+        keep = greedy_coreset(patches, self.coreset_ratio, self.coreset_dim, seed=self.seed)
+        self._set_bank(patches[keep].contiguous())
+
+    def _search_mode(self, n_bank: int) -> str:
+        """The backend actually used: `search`, with "auto" = exact up to EXACT_SEARCH_MAX rows, else own IVF."""
+        if self.search not in SEARCH_MODES:
+            raise ParameterError(f"search must be one of {', '.join(SEARCH_MODES)}; got {self.search!r}")
+        if self.bank_storage not in BANK_STORAGE:
+            raise ParameterError(f"bank_storage must be 'inline' or 'mmap', got {self.bank_storage!r}")
+        if self.search == "auto":
+            return "ivf" if n_bank > EXACT_SEARCH_MAX else "exact"
+        return self.search
+
+    def _set_bank(self, bank: Bank, centroids: torch.Tensor | None = None,
+                  assign: torch.Tensor | None = None) -> None:
+        """Install the memory bank (a tensor, or a memory-mapped array) and the index its search mode needs.
+
+        For IVF modes the bank is kept in list order, so the index searches it in place (no second copy).
+        """
+        mode = self._search_mode(bank.shape[0])
+        self._lists = None
+        if mode in ("ivf", "faiss-ivf"):
+            if centroids is None or assign is None:
+                centroids, assign = train_lists(bank, seed=self.seed)
+            if not is_list_ordered(assign):
+                if not isinstance(bank, torch.Tensor):
+                    raise ModelFileError("a memory-mapped bank without list order cannot be indexed in place")
+                order = torch.argsort(assign, stable=True)
+                bank, assign = bank[order].contiguous(), assign[order]
+            self._lists = (centroids, assign)
+        self.memory_bank_ = bank
+        self._bank_sq = squared_norms(bank)
+        self._index: Any = None
+        if mode == "ivf":
+            self._index = IVFIndex(bank, n_probe=self.n_probe, centroids=centroids, assign=assign)
+        elif mode.startswith("faiss-"):
+            from normalcy.detectors.image.faiss_index import FaissIndex
+
+            self._index = FaissIndex(bank, mode.removeprefix("faiss-"), n_probe=self.n_probe, centroids=centroids)
+
+    def _nearest(self, q: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact k-NN in the bank (streamed in chunks when the bank is memory-mapped)."""
+        if isinstance(self.memory_bank_, torch.Tensor):
+            return nearest_neighbors(q, self.memory_bank_, k, self.memory_budget_mb, self._bank_sq)
+        return streamed_nearest(q, self.memory_bank_, k, self.memory_budget_mb, self._bank_sq)
+
+    def _bank_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Bank rows at `idx` (any shape) as a tensor of shape idx.shape + (C,)."""
+        if isinstance(self.memory_bank_, torch.Tensor):
+            return self.memory_bank_[idx]
+        flat = np.array(self.memory_bank_[idx.reshape(-1).numpy()], dtype=np.float32)
+        return torch.from_numpy(flat).view(*idx.shape, -1)
+
+    def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = feats.shape
+        q = feats.permute(0, 2, 3, 1).reshape(-1, c)
+        if self._index is not None:
+            dist, idx = self._index.search(q)
+            dist, idx = dist[:, None], idx[:, None]
+        else:
+            dist, idx = self._nearest(q)
+        maps = dist[:, 0].view(b, h, w)
+        cells = self.score_cells(valid)
+        scores = masked_max(maps, cells)
+        if self.reweight:
+            scores = self._reweighted(feats, maps, idx[:, 0].view(b, h, w), cells, scores)
+        return scores, maps
+
+    def _reweighted(self, feats, maps, nn_idx, valid, scores, neighbours: int = 3) -> torch.Tensor:
+        """PatchCore eq. 7: damp the max-patch score when its nearest bank entry sits in a dense region."""
+        b, c = feats.shape[:2]
+        flat = maps.masked_fill(~valid, float("-inf")).flatten(1).argmax(1)
+        q_star = feats.flatten(2)[torch.arange(b), :, flat]  # B×C
+        m_star = self._bank_rows(nn_idx.flatten(1)[torch.arange(b), flat])  # B×C
+        _, nb = self._nearest(m_star, neighbours)
+        d_nb = torch.cdist(q_star[:, None], self._bank_rows(nb))[:, 0]  # B×k (first = m* itself)
+        weight = 1.0 - torch.softmax(d_nb, dim=1)[:, 0]  # eq. 7 (softmax = its stable form)
+        return weight * scores
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        out = {} if self.bank_storage == "mmap" else {"memory_bank": np.asarray(self.memory_bank_)}
+        if self._lists is not None:
+            out["ivf_centroids"] = self._lists[0].numpy()
+            out["ivf_assign"] = self._lists[1].numpy()
+        return out
+
+    def _save_sidecar(self, model_path: Path) -> None:
+        """With bank_storage="mmap", write the bank beside the model as `<model>.bank.npy` (called by save)."""
+        if self.bank_storage != "mmap":
+            self._bank_file = None
+            return
+        name = Path(model_path).name + ".bank.npy"
+        sha = write_bank(Path(model_path).parent / name, self.memory_bank_)
+        self._bank_file = {"bank_file": name, "bank_shape": list(self.memory_bank_.shape), "bank_sha256": sha}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return dict(getattr(self, "_bank_file", None) or {})
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        if "bank_file" in meta:  # memory-mapped sidecar: opened read-only, never read whole
+            folder = Path(getattr(self, "_model_path", ".")).parent
+            bank: Bank = open_bank(folder / meta["bank_file"], meta["bank_shape"], meta["bank_sha256"])
+            self._bank_file = {k: meta[k] for k in ("bank_file", "bank_shape", "bank_sha256")}
+        else:
+            bank = torch.from_numpy(np.ascontiguousarray(arrays["memory_bank"], dtype=np.float32))
+        cent = arrays.get("ivf_centroids")
+        assign = arrays.get("ivf_assign")
+        self._set_bank(bank, None if cent is None else torch.from_numpy(np.ascontiguousarray(cent)),
+                       None if assign is None else torch.from_numpy(np.ascontiguousarray(assign)))

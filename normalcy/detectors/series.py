@@ -1,0 +1,301 @@
+"""Time series: sliding windows -> any vector detector -> per-timestamp scores, plus honest metrics.
+
+A window of `window` consecutive rows (optionally differenced) becomes one vector; each timestamp's score
+is the max (or mean) over the windows that cover it. The model is fitted on a normal stretch of the series;
+calibration holds out the *last* part of that stretch (time order kept, no overlapping windows shared),
+so p-values mean "as unusual as the latest normal data".
+
+Metrics never use point adjustment (which marks a whole event as found when one point is): point AUROC and
+AUPR, and the composite event F1 (Garg et al., 2021): event-wise recall (each labelled event counts once)
+with point-wise precision, maximised over thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from normalcy.detectors.base import Detector, ScoreResult
+from normalcy.detectors.vector import create_vector_detector
+from normalcy.detectors.vector.checks import as_matrix, check_choice, check_int
+from normalcy.errors import DataError, EmptyFolderError, ParameterError, PathNotFoundError, ShapeError
+from normalcy.metrics import auroc, average_precision
+
+REDUCTIONS = ("max", "mean")
+
+
+# --- windows ----------------------------------------------------------------------------------------------
+def as_series(X: Any) -> np.ndarray:
+    """A 1-D (univariate) or 2-D (time x channels) finite series as a float64 (time x channels) array."""
+    arr = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    return as_matrix(arr, "series")
+
+
+def sliding_windows(series: np.ndarray, window: int, step: int = 1, difference: int = 0) -> tuple:
+    """Windows as rows (n_windows x window*channels) and the start index (in the original series) of each.
+
+    `difference=d` applies d-th order differencing first; the windows then still index original timestamps
+    (a differenced value at t belongs to timestamp t).
+    """
+    s = as_series(series)
+    window, step = check_int("window", window), check_int("step", step)
+    difference = check_int("difference", difference, low=0)
+    d = np.diff(s, n=difference, axis=0) if difference else s
+    if len(d) < window:
+        raise ShapeError(
+            f"series of {len(s)} rows is too short for window={window} after difference={difference}"
+        )
+    starts = np.arange(0, len(d) - window + 1, step)
+    last = len(d) - window
+    if starts[-1] != last:  # always cover the end of the series
+        starts = np.append(starts, last)
+    view = np.lib.stride_tricks.sliding_window_view(d, window, axis=0)  # (n, channels, window)
+    rows = view[starts].transpose(0, 2, 1).reshape(len(starts), -1)
+    return np.ascontiguousarray(rows), starts + difference
+
+
+def window_to_point_scores(
+    window_scores: np.ndarray, starts: np.ndarray, window: int, n: int, reduce: str = "max"
+) -> np.ndarray:
+    """Per-timestamp score: max (or mean) over the windows covering it; NaN where no window does."""
+    check_choice("reduce", reduce, REDUCTIONS)
+    ws = np.asarray(window_scores, dtype=np.float64)
+    if reduce == "max":
+        out = np.full(n, -np.inf)
+        for offset in range(window):  # window is small; each pass is one vectorized scatter-max
+            idx = starts + offset
+            keep = idx < n
+            np.maximum.at(out, idx[keep], ws[keep])
+        out[np.isneginf(out)] = np.nan
+        return out
+    total, count = np.zeros(n), np.zeros(n)
+    for offset in range(window):
+        idx = starts + offset
+        keep = idx < n
+        np.add.at(total, idx[keep], ws[keep])
+        np.add.at(count, idx[keep], 1)
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _fill_edges(scores: np.ndarray) -> np.ndarray:
+    """Timestamps before the first window (lost to differencing) take the nearest covered score."""
+    out = scores.copy()
+    ok = np.flatnonzero(np.isfinite(out))
+    if ok.size:
+        out[: ok[0]] = out[ok[0]]
+        out[ok[-1] + 1 :] = out[ok[-1]]
+    return out
+
+
+# --- detector ---------------------------------------------------------------------------------------------
+class SeriesDetector(Detector):
+    """Fit on a normal stretch of a series; score every timestamp of a (new or the same) series."""
+
+    name: ClassVar[str] = "series"
+    kind: ClassVar[str] = "series"
+
+    def __init__(
+        self,
+        window: int = 32,
+        step: int = 1,
+        difference: int = 0,
+        detector: str = "knn",
+        detector_params: dict[str, Any] | None = None,
+        reduce: str = "max",
+        alpha: float = 0.01,
+        calibration_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        self.window = window
+        self.step = step
+        self.difference = difference
+        self.detector = detector
+        self.detector_params = detector_params
+        self.reduce = reduce
+        self.alpha = alpha
+        self.calibration_fraction = calibration_fraction
+        self.seed = seed
+
+    def _prepare(self, X: Any) -> np.ndarray:
+        s = as_series(X)
+        channels = getattr(self, "n_channels_", None)
+        if channels is not None and s.shape[1] != channels:
+            raise ShapeError(
+                f"SeriesDetector was fitted on {channels} channel(s) but the series has {s.shape[1]}"
+            )
+        return s
+
+    def fit(self, X: Any, y: Any = None) -> SeriesDetector:
+        """Learn normal windows; calibrate on the last `calibration_fraction` of the stretch (time order)."""
+        for attr in self._fitted_attributes():
+            delattr(self, attr)
+        s = self._prepare(X)
+        check_choice("reduce", self.reduce, REDUCTIONS)
+        fraction = float(self.calibration_fraction)
+        if not 0.0 <= fraction < 1.0:
+            raise ParameterError(f"calibration_fraction must be in [0, 1), got {fraction}")
+        n_cal = int(round(len(s) * fraction))
+        min_rows = int(self.window) + int(self.difference) + 1
+        cal_scores: list[np.ndarray] = []
+        if n_cal >= min_rows and len(s) - n_cal >= min_rows:
+            self._fit(s[: len(s) - n_cal])
+            cal_scores = [self._score(s[len(s) - n_cal :]).scores]
+            method = "holdout"
+        else:
+            method = "none"
+            self._fit(s)
+        self._set_calibration(method, cal_scores, [])
+        self.n_fit_ = len(s)
+        return self
+
+    def _fit(self, items: np.ndarray) -> None:
+        self.n_channels_ = int(items.shape[1])
+        rows, _ = sliding_windows(items, self.window, self.step, self.difference)
+        if self.detector in ("mixed", "categorical"):
+            raise ParameterError(f"detector must be a numeric vector detector, got {self.detector!r}")
+        inner = create_vector_detector(self.detector, **{**(self.detector_params or {}), "seed": self.seed})
+        inner._fit(rows)
+        self.detector_ = inner
+
+    def _score(self, items: np.ndarray) -> ScoreResult:
+        rows, starts = sliding_windows(items, self.window, 1, self.difference)
+        ws = self.detector_._score(rows).scores
+        return ScoreResult(
+            _fill_edges(window_to_point_scores(ws, starts, int(self.window), len(items), self.reduce))
+        )
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {"detector." + k: v for k, v in self.detector_._state_arrays().items()}
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"n_channels": self.n_channels_, "detector": self.detector_._state_meta()}
+
+    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.n_channels_ = int(meta["n_channels"])
+        inner = create_vector_detector(self.detector, **{**(self.detector_params or {}), "seed": self.seed})
+        inner._load_state({k[len("detector.") :]: v for k, v in arrays.items()}, meta["detector"])
+        self.detector_ = inner
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+def label_events(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous runs of 1s as (start, end) index pairs, end exclusive."""
+    y = np.asarray(labels).astype(bool).astype(np.int8)
+    edges = np.diff(np.concatenate([[0], y, [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def composite_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Best composite F1 over thresholds: event recall (an event counts once it has one flagged point) and
+    point precision (every flagged point outside events is a false alarm). No point adjustment."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    events = label_events(y)
+    if not events or y.all():
+        return {
+            "f1": float("nan"),
+            "precision": float("nan"),
+            "recall": float("nan"),
+            "threshold": float("nan"),
+        }
+    event_max = np.sort([s[a:b].max() for a, b in events])
+    thresholds = np.unique(s)[::-1]  # flag score >= t
+    order = np.sort(s)
+    flagged = s.size - np.searchsorted(order, thresholds, side="left")
+    pos = np.sort(s[y])
+    tp = pos.size - np.searchsorted(pos, thresholds, side="left")
+    precision = tp / flagged
+    recall = (event_max.size - np.searchsorted(event_max, thresholds, side="left")) / event_max.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = int(np.argmax(f1))
+    return {
+        "f1": float(f1[best]),
+        "precision": float(precision[best]),
+        "recall": float(recall[best]),
+        "threshold": float(thresholds[best]),
+    }
+
+
+def series_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Point AUROC, point AUPR and best composite (event) F1 of per-timestamp scores."""
+    return {
+        "auroc": auroc(labels, scores),
+        "aupr": average_precision(labels, scores),
+        "event_f1": composite_f1(labels, scores)["f1"],
+    }
+
+
+# --- NAB --------------------------------------------------------------------------------------------------
+@dataclass
+class NabSeries:
+    """One NAB series: name ("category/file.csv"), timestamps, values and per-row window labels."""
+
+    name: str
+    timestamps: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+    windows: list[tuple[str, str]]
+
+    @property
+    def category(self) -> str:
+        return self.name.split("/", 1)[0]
+
+
+def _parse_time(text: str) -> np.datetime64:
+    return np.datetime64(datetime.fromisoformat(text.strip()), "s")
+
+
+def read_nab_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """timestamps (datetime64[s]) and float values of one NAB `timestamp,value` CSV."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip().lower() != "timestamp,value":
+        raise DataError(f"{path}: expected header 'timestamp,value'")
+    ts, vals = [], []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        t, sep, v = line.partition(",")
+        try:
+            ts.append(_parse_time(t))
+            vals.append(float(v))
+        except ValueError:
+            raise DataError(f"{path}: line {i} is not 'timestamp,value': {line!r}") from None
+    values = np.asarray(vals)
+    if not np.isfinite(values).all():
+        raise ShapeError(f"{path}: values contain NaN/inf")
+    return np.asarray(ts, dtype="datetime64[s]"), values
+
+
+def read_nab(root: str | Path, categories: list[str] | None = None) -> list[NabSeries]:
+    """Every `data/<category>/<file>.csv` under a NAB folder, labelled from `labels/combined_windows.json`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PathNotFoundError(f"NAB folder not found: {root}")
+    label_file = root / "labels" / "combined_windows.json"
+    if not label_file.is_file():
+        raise DataError(f"{root}: missing labels/combined_windows.json")
+    windows = json.loads(label_file.read_text(encoding="utf-8"))
+    out = []
+    for csv_path in sorted((root / "data").glob("*/*.csv")):
+        name = f"{csv_path.parent.name}/{csv_path.name}"
+        if categories and csv_path.parent.name not in categories:
+            continue
+        if name not in windows:
+            continue
+        ts, values = read_nab_csv(csv_path)
+        labels = np.zeros(len(ts), dtype=np.int64)
+        for start, end in windows[name]:
+            labels[(ts >= _parse_time(start)) & (ts <= _parse_time(end))] = 1
+        out.append(NabSeries(name, ts, values, labels, [tuple(w) for w in windows[name]]))
+    if not out:
+        raise EmptyFolderError(f"{root}: no labelled NAB series under data/<category>/*.csv")
+    return out
