@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from normalcy.calibration.conformal import Calibration
+from normalcy.data.files import atomic_path
 from normalcy.errors import ModelFileError, ParameterError
 
 FORMAT = "normalcy-model"
@@ -74,15 +73,8 @@ def save(detector: Any, path: str | Path) -> Path:
         meta["backbone"] = {"name": detector.backbone, "weights_sha256": detector.extractor.backbone_sha256}
         meta["image_size"] = int(detector.image_size)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return path
 
 

@@ -231,7 +231,7 @@ def test_service_schema_keeps_region_details_and_summary(fitted_small):
     from normalcy.apps.serve.schemas import ImageResult
 
     det, bad, _ = fitted_small
-    row = det.predict([bad], alpha=0.1)[0].to_dict()
+    row = attach(det.predict([bad], alpha=0.1)[0], det.calibration_).to_dict()
     row.pop("path")
     shown = ImageResult(index=0, filename="bad.png", **row).model_dump()
     assert shown["explanation"] == row["explanation"]

@@ -157,8 +157,9 @@ def test_padded_extractor_crops_back_to_the_image_cells():
 
 
 def test_border_band_never_decides_the_image_score():
+    from normalcy.detectors.image.common import border_cells
     from normalcy.detectors.image.simplenet import SimpleNet
-    from normalcy.detectors.training import border_cells, smoothed_max
+    from normalcy.detectors.image.trained import smoothed_max
 
     maps = torch.zeros(1, 16, 16)
     maps[0, 0, 5] = 10.0  # hot cell on the image border

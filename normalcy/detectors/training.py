@@ -1,4 +1,4 @@
-"""The one training loop every trained detector uses (plain torch), plus the helpers those detectors share.
+"""The one training loop every trained detector uses (plain torch, any modality), plus its small helpers.
 
 `train` runs seeded mini-batch epochs with Adam and a cosine learning-rate schedule, stops on an epoch count, a
 wall-clock budget (`max_seconds`) or early stopping on held-out normal data, shows a tqdm bar with the loss,
@@ -21,14 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from normalcy.detectors.image.common import ImageDetector, border_cells, masked_max
 from normalcy.errors import ParameterError, TrainingError
-from normalcy.features.extractor import PaddedExtractor, pad_cells
-from normalcy.features.preprocess import gaussian_blur
 
 Batch = tuple[torch.Tensor, ...]
 STOP_REASONS = ("epochs", "time", "early", "interrupted")
-SCORE_SIGMA = 2.0  # cells: patch maps are blurred this much before their maximum becomes the image score
 
 
 @dataclass
@@ -61,6 +57,42 @@ def seeded(seed: int) -> Iterator[None]:
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of a module's state dict."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Adam:
+    """Adam with coupled L2 weight decay, as torch.optim.Adam computes it, over parameter groups.
+
+    Written out because constructing torch.optim.Adam imports torch._dynamo: 5-11 s on this project's 2-core
+    machine, more than many of our whole fits.
+    """
+
+    def __init__(self, groups: list[dict[str, Any]], lr: float = 1e-3, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.param_groups = [{"lr": lr, "weight_decay": weight_decay, **g, "params": list(g["params"])}
+                             for g in groups]
+        self.betas, self.eps, self.steps = betas, eps, 0
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        self.steps += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad + g["weight_decay"] * p if g["weight_decay"] else p.grad
+                m, v = self.state.setdefault(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-g["lr"] / c1)
 
 
 def _as_batch(data: torch.Tensor | Sequence[torch.Tensor]) -> Batch:
@@ -122,7 +154,7 @@ def train(
     stale = 0
     with seeded(seed):
         gen = torch.Generator().manual_seed(int(seed))
-        opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+        opt = Adam(groups, lr=lr, weight_decay=weight_decay)
         base_lrs = [g["lr"] for g in opt.param_groups]
         bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
         try:
@@ -219,37 +251,6 @@ def split_items(n: int, fraction: float, seed: int, min_train: int = 2) -> tuple
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def cache_features(det: Any, items: list, desc: str = "fit features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone patch features of `items`, extracted once: (N×C×h×w float32, N×h×w valid cells)."""
-    feats, valid = [], []
-    for f, _, v in det.iter_features(items, desc):
-        feats.append(f)
-        valid.append(v)
-    return torch.cat(feats), torch.cat(valid)  # cat outside inference mode: normal tensors, usable in autograd
-
-
-def channel_stats(feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (floored) of the valid cells of N×C×h×w features."""
-    rows = feats.permute(0, 2, 3, 1)[valid]
-    return rows.mean(0), rows.std(0).clamp_min(1e-6)
-
-
-def smoothed_max(maps: torch.Tensor, valid: torch.Tensor, sigma: float = SCORE_SIGMA) -> torch.Tensor:
-    """Image score: the maximum of the patch-score map after a Gaussian blur of `sigma` cells.
-
-    A learned model's patch scores are noisy; one hot cell on a normal image should not decide its score. On a
-    magnetic_tile subsample the blur raised image AUROC for every map tried (PatchCore's too), see docs/trained.md.
-    """
-    sigma = min(sigma, (min(maps.shape[-2:]) - 1) / 4)  # reflect padding needs the kernel radius < map size
-    return masked_max(gaussian_blur(maps, sigma) if sigma >= 0.5 else maps, valid)
-
-
-def restore_unpadded(det: Any, meta: dict[str, Any]) -> None:
-    """A model file written before `pad`/`border` existed was fitted on unpadded features: score it that way."""
-    if not meta.get("padded", False):
-        det.pad, det.border = 0.0, 0.0
-
-
 def module_arrays(prefix: str, module: nn.Module) -> dict[str, np.ndarray]:
     """A module's state dict as numpy arrays named `prefix.key` (for the safetensors model file)."""
     return {f"{prefix}.{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
@@ -264,72 +265,3 @@ def load_module(prefix: str, module: nn.Module, arrays: dict[str, np.ndarray]) -
     except RuntimeError as exc:
         raise ValueError(f"stored weights do not fit {prefix!r}: {exc}") from None
     return module.eval()
-
-
-class FeatureModelDetector(ImageDetector):
-    """Base for detectors that train a small network on standardized backbone patch features, cached once.
-
-    Subclasses build the network (`_build`), give its training loss (`_loss`) and its B×h×w patch-score map
-    (`_patch_scores`, higher = more anomalous); fitting, scoring and saving the weights are shared here.
-    """
-
-    min_fit_items = 4
-    grad_clip: float | None = None
-    pad: float = 0.0  # subclasses take `pad` and `border` as parameters
-    border: float = 0.0
-
-    @property
-    def extractor(self) -> Any:
-        """The backbone's patch-feature extractor, run on a canvas reflect-padded by `pad` (see PaddedExtractor)."""
-        base = ImageDetector.extractor.fget(self)  # type: ignore[attr-defined]
-        stride = min(self.strides)
-        return PaddedExtractor(base, pad_cells(self.pad, int(self.image_size), stride), stride)
-
-    def _build(self, channels: int) -> nn.Module:
-        """A fresh network for `channels`-channel features (called under the detector's seed)."""
-        raise NotImplementedError
-
-    def _loss(self, net: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch of standardized B×C×h×w features (only `valid` cells count)."""
-        raise NotImplementedError
-
-    def _patch_scores(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """B×h×w patch scores (higher = more anomalous) of standardized features."""
-        raise NotImplementedError
-
-    def _fit(self, items: list) -> None:
-        border_cells(self.border, 1)  # a bad `border` fails before any work
-        feats, valid = cache_features(self, items)
-        mean, std = channel_stats(feats, valid)
-        x = (feats - mean[:, None, None]) / std[:, None, None]
-        del feats  # the cache can be large (457 images at 256 px: ~285 MB); keep one copy
-        tr, va = split_items(len(items), float(self.val_fraction), int(self.seed))
-        with seeded(int(self.seed)):
-            net = self._build(x.shape[1])
-        result = train(
-            net, lambda xb, vb: self._loss(net, xb, vb), (x[tr], valid[tr]),
-            (x[va], valid[va]) if len(va) else None, epochs=int(self.epochs), batch_size=int(self.train_batch),
-            lr=float(self.lr), weight_decay=1e-5, max_seconds=self.max_seconds, patience=self.patience,
-            grad_clip=self.grad_clip, seed=int(self.seed), progress=bool(self.progress), desc=f"{self.name} train",
-        )
-        self.mean_, self.std_, self.net_, self.train_result_ = mean, std, net, result.to_meta()
-
-    def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            x = (feats - self.mean_[:, None, None]) / self.std_[:, None, None]
-            maps = self._patch_scores(self.net_, x).float()
-        return smoothed_max(maps, self.score_cells(valid)), maps
-
-    def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_.numpy(), "std": self.std_.numpy(), **module_arrays("net", self.net_)}
-
-    def _state_meta(self) -> dict[str, Any]:
-        return {"train": self.train_result_, "padded": True}
-
-    def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        restore_unpadded(self, meta)
-        self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"], dtype=np.float32))
-        self.std_ = torch.from_numpy(np.ascontiguousarray(arrays["std"], dtype=np.float32))
-        with seeded(int(self.seed)):
-            self.net_ = load_module("net", self._build(self.mean_.numel()), arrays)
-        self.train_result_ = dict(meta.get("train", {}))

@@ -124,7 +124,11 @@ class DefectGallery:
         """Add nearest known types to the explanations of predictions with regions (one more backbone pass,
         flagged images only); returns `preds`."""
         from normalcy.explain.regions import regions_with_masks
+        from normalcy.explain.summary import attach
 
+        for p in preds:
+            if p.explanation is None:
+                attach(p, detector.calibration_)
         todo = [i for i, p in enumerate(preds) if p.explanation and p.explanation["regions"]]
         if not todo:
             return preds

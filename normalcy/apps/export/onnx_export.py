@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from normalcy.apps.export.graph import MAX_BYTES, build_graph
+from normalcy.data.files import atomic_path
 from normalcy.errors import MissingDependencyError, ParameterError
 
 ONNX_FORMAT = "normalcy-onnx"
@@ -109,13 +108,6 @@ def export_onnx(model: Any, out: str | Path) -> Path:
     proto.doc_string = f"normalcy {meta['normalcy_version']} {model.name} (image_size {size}); see metadata_props"
     onnx.checker.check_model(proto)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
     return out

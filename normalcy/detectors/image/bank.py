@@ -8,13 +8,12 @@ can evict (and share between processes that map the same file).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from normalcy.data.files import atomic_path
 from normalcy.detectors.image.search import CHUNK_ROWS, DEFAULT_BUDGET_MB, Bank, iter_chunks, nearest_neighbors
 from normalcy.errors import ModelFileError
 
@@ -57,19 +56,12 @@ def file_sha256(path: Path, block: int = 8 * 2**20) -> str:
 def write_bank(path: Path, bank: Bank, chunk_rows: int = CHUNK_ROWS) -> str:
     """Write a bank as a float32 .npy file atomically (temp file + rename), chunk by chunk; returns its sha256."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(bank.shape))
         for start, chunk in iter_chunks(bank, chunk_rows):
             out[start : start + chunk.shape[0]] = chunk.numpy()
         out.flush()
         del out
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return file_sha256(path)
 
 

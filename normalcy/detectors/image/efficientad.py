@@ -31,19 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from normalcy.detectors.base import ScoreResult
-from normalcy.detectors.image.common import CachedFeatures, ImageDetector
-from normalcy.detectors.training import (
-    FeatureModelDetector,
-    border_cells,
-    channel_stats,
-    load_module,
-    module_arrays,
-    restore_unpadded,
-    seeded,
-    smoothed_max,
-    split_items,
-    train,
-)
+from normalcy.detectors.image.common import CachedFeatures, ImageDetector, border_cells
+from normalcy.detectors.image.trained import FeatureModelDetector, channel_stats, restore_unpadded, smoothed_max
+from normalcy.detectors.training import load_module, module_arrays, seeded, split_items, train
 from normalcy.errors import ParameterError
 from normalcy.features.extractor import pad_cells
 from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from normalcy.detectors.training import FeatureModelDetector
+from normalcy.detectors.image.trained import FeatureModelDetector
 from normalcy.errors import ParameterError
 
 

@@ -14,26 +14,23 @@ from pathlib import Path
 import torch
 
 from normalcy.detectors.image.fewshot import FewShot
+from normalcy.detectors.image.search import kmeans
 from normalcy.errors import ParameterError
 
 
 def kmeans_prototypes(
     x: torch.Tensor, valid: torch.Tensor, k: int, iterations: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched k-means of B×P×C patches over valid ones (B×P): B×k centres and their mass (fraction of patches)."""
-    b, p, _ = x.shape
-    gen = torch.Generator().manual_seed(seed)
+    """k-means of each image's valid patches (B×P×C, valid B×P): B×k centres and their mass (fraction of patches),
+    with the project's one k-means (normalcy.detectors.image.search.kmeans)."""
     k = max(1, min(k, int(valid.sum(1).min())))
-    init = torch.multinomial(valid.float() + 1e-12, k, replacement=False, generator=gen)  # B×k
-    centres = torch.gather(x, 1, init[..., None].expand(-1, -1, x.shape[2]))
-    w = valid.float()
-    for _ in range(max(1, iterations)):
-        assign = torch.cdist(x, centres).argmin(dim=2)  # B×P
-        onehot = torch.zeros(b, p, k).scatter_(2, assign[..., None], 1.0) * w[..., None]
-        counts = onehot.sum(1)  # B×k
-        sums = onehot.transpose(1, 2) @ x
-        centres = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], centres)
-    return centres, counts / w.sum(1, keepdim=True).clamp(min=1)
+    centres, mass = [], []
+    for xi, vi in zip(x, valid):
+        points = xi[vi]
+        c, assign = kmeans(points, k, iters=max(1, iterations), seed=seed)
+        centres.append(c)
+        mass.append(torch.bincount(assign, minlength=k).float() / max(len(points), 1))
+    return torch.stack(centres), torch.stack(mass)
 
 
 class INP(FewShot):
@@ -47,6 +44,7 @@ class INP(FewShot):
         weights: str | Path | None = None,
         image_size: int = 256,
         resize_mode: str = "stretch",
+        aspect: str = "keep",
         strides: Sequence[int] = (8, 16),
         aggregate: int = 1,
         project_dim: int | None = None,
@@ -67,6 +65,7 @@ class INP(FewShot):
         calibration_fraction: float = 0.2,
         seed: int = 0,
         progress: bool = True,
+        transfer_table: str | None = "builtin",
     ) -> None:
         self._store_params(locals())
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from normalcy.errors import ParameterError, TrainingError
+from normalcy.detectors.training import train
+from normalcy.errors import ParameterError
 from normalcy.features.preprocess import Placement
 
 
@@ -57,15 +59,6 @@ def smote(points: torch.Tensor, n_new: int, seed: int, k: int = 5) -> torch.Tens
     return points[i] + lam * (points[j] - points[i])
 
 
-def _adam_step(q: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: float, step: int,
-               beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
-    """One in-place Adam update (written out: constructing torch.optim.Adam imports torch._dynamo, ~5 s)."""
-    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
-    q.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
-
-
 @dataclass
 class Head:
     """A fitted 2-layer MLP on standardized patch features, with z-score stats of its logits on normal patches."""
@@ -103,35 +96,35 @@ class Head:
         return cls(**{k: v.float() for k, v in t.items()}, logit_mu=float(stats[0]), logit_sd=float(stats[1]))
 
 
+class _HeadNet(nn.Module):
+    """The head's 2-layer MLP as a module, so the one training loop can fit it."""
+
+    def __init__(self, channels: int, hidden: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(channels, hidden, generator=gen) / np.sqrt(channels))
+        self.b1 = nn.Parameter(torch.zeros(hidden))
+        self.w2 = nn.Parameter(torch.randn(hidden, 1, generator=gen) / np.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2)[:, 0]
+
+
 def train_head(neg: torch.Tensor, pos: torch.Tensor, held_out: torch.Tensor, hidden: int = 32, epochs: int = 100,
                lr: float = 3e-3, weight_decay: float = 1e-3, seed: int = 0) -> Head:
-    """Class-balanced BCE on normal (`neg`) vs anomalous (`pos`) patches, full batch with Adam; z-stats of the
-    logits are taken on `held_out` normal patches the head never saw."""
+    """Class-balanced BCE on normal (`neg`) vs anomalous (`pos`) patches, full batch, with the one training loop;
+    z-stats of the logits are taken on `held_out` normal patches the head never saw."""
     if len(neg) == 0 or len(pos) == 0:
         raise ParameterError(f"the head needs normal and anomalous patches, got {len(neg)} and {len(pos)}")
-    g = torch.Generator().manual_seed(seed)
     x = torch.cat([neg, pos]).float()
     y = torch.cat([torch.zeros(len(neg)), torch.ones(len(pos))])
     mean, std = neg.float().mean(0), neg.float().std(0).clamp_min(1e-6)
-    xs = (x - mean) / std
-    c = x.shape[1]
-    w1 = (torch.randn(c, hidden, generator=g) / np.sqrt(c)).requires_grad_()
-    b1 = torch.zeros(hidden, requires_grad=True)
-    w2 = (torch.randn(hidden, 1, generator=g) / np.sqrt(hidden)).requires_grad_()
-    b2 = torch.zeros(1, requires_grad=True)
-    params = [w1, b1, w2, b2]
-    moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
+    net = _HeadNet(x.shape[1], hidden, torch.Generator().manual_seed(seed))
     pos_weight = torch.tensor(len(neg) / len(pos))
-    for step in range(1, epochs + 1):
-        logit = (torch.relu(xs @ w1 + b1) @ w2 + b2)[:, 0]
-        loss = F.binary_cross_entropy_with_logits(logit, y, pos_weight=pos_weight)
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for q, grad, (m, v) in zip(params, grads, moments):
-                _adam_step(q, grad + weight_decay * q, m, v, lr, step)
-    if not torch.isfinite(loss):
-        raise TrainingError("the semi-supervised head diverged (non-finite loss); no head was kept")
-    head = Head(mean, std, w1.detach(), b1.detach(), w2.detach(), b2.detach())
+    loss = lambda xb, yb: F.binary_cross_entropy_with_logits(net(xb), yb, pos_weight=pos_weight)  # noqa: E731
+    train(net, loss, ((x - mean) / std, y), epochs=epochs, batch_size=len(x), lr=lr, weight_decay=weight_decay,
+          schedule="constant", seed=seed, desc="semi-supervised head")
+    head = Head(mean, std, *(p.detach() for p in (net.w1, net.b1, net.w2, net.b2)))
     with torch.no_grad():
         ref = head.logits(held_out.float())
     head.logit_mu, head.logit_sd = float(ref.mean()), float(ref.std().clamp_min(1e-6))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normalcy.detectors.training import FeatureModelDetector
+from normalcy.detectors.image.trained import FeatureModelDetector
 from normalcy.errors import ParameterError
 
 ROWS_PER_STEP = 4096

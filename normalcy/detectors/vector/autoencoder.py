@@ -7,7 +7,6 @@ budget depends on machine speed, so only runs that finish within it are reproduc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from normalcy.detectors.base import ScoreResult
+from normalcy.detectors.training import seeded, train
 from normalcy.detectors.vector.base import VectorDetector
 from normalcy.detectors.vector.checks import check_choice, check_float, check_int
 from normalcy.detectors.vector.scaling import SCALINGS, apply_scaling, fit_scaling
@@ -34,35 +34,6 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-class Adam:
-    """Adam (Kingma & Ba, 2015) with L2 weight decay, written out: `torch.optim` pulls in torch._dynamo,
-    whose import costs seconds of CPU in every fresh process."""
-
-    def __init__(self, params: list[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
-        self.params, self.lr, self.weight_decay = params, lr, weight_decay
-        self.beta1, self.beta2, self.eps, self.t = 0.9, 0.999, 1e-8, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    def zero_grad(self) -> None:
-        """Drop the gradients of the last step."""
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One bias-corrected Adam update of every parameter that has a gradient."""
-        self.t += 1
-        c1, c2 = 1.0 - self.beta1**self.t, 1.0 - self.beta2**self.t
-        for p, m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:
-                continue
-            g = p.grad.add(p, alpha=self.weight_decay) if self.weight_decay else p.grad
-            m.mul_(self.beta1).add_(g, alpha=1.0 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1.0 - self.beta2)
-            p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
 
 
 def build_mlp(n_features: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
@@ -135,51 +106,20 @@ class AutoEncoder(VectorDetector):
         self.center_, self.scale_ = fit_scaling(X, self.scaling)
         Z = torch.from_numpy(apply_scaling(X, self.center_, self.scale_).astype(np.float32))
         self.hidden_ = hidden_sizes(X.shape[1], self.hidden)
-        gen = torch.Generator().manual_seed(int(self.seed))
-        order = torch.randperm(len(Z), generator=gen)
+        order = torch.randperm(len(Z), generator=torch.Generator().manual_seed(int(self.seed)))
         n_val = int(round(len(Z) * float(self.validation_fraction))) if len(Z) >= 20 else 0
-        val, train = Z[order[:n_val]], Z[order[n_val:]]
-        with torch.random.fork_rng(devices=[]), torch_threads(1):
-            torch.manual_seed(int(self.seed))
-            net = build_mlp(X.shape[1], self.hidden_, float(self.dropout))
-            self.epochs_run_ = self._train(net, train, val, gen)
+        val, rows = Z[order[:n_val]], Z[order[n_val:]]
+        with torch_threads(1):
+            with seeded(int(self.seed)):
+                net = build_mlp(X.shape[1], self.hidden_, float(self.dropout))
+            result = train(
+                net, lambda z: ((net(z) - z) ** 2).mean(), rows, val if n_val else None, epochs=int(self.epochs),
+                batch_size=int(self.batch_size), lr=float(self.learning_rate), weight_decay=float(self.weight_decay),
+                schedule="constant", max_seconds=float(self.max_seconds), patience=int(self.patience),
+                seed=int(self.seed), desc="autoencoder",
+            )
+        self.epochs_run_ = result.epochs
         self.net_ = net.eval()
-
-    def _train(self, net: nn.Sequential, train: torch.Tensor, val: torch.Tensor, gen: torch.Generator) -> int:
-        """Adam on MSE with early stopping on `val` (or on the training loss when there is no split)."""
-        opt = Adam(
-            list(net.parameters()), lr=float(self.learning_rate), weight_decay=float(self.weight_decay)
-        )
-        start, best, best_state, stale = time.perf_counter(), float("inf"), None, 0
-        bs = int(self.batch_size)
-        epoch = 0
-        for epoch in range(1, int(self.epochs) + 1):  # noqa: B007 (returned below)
-            net.train()
-            total = 0.0
-            for idx in torch.randperm(len(train), generator=gen).split(bs):
-                batch = train[idx]
-                loss = ((net(batch) - batch) ** 2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-            monitor = total / len(train) if len(val) == 0 else self._loss(net, val)
-            if monitor < best and (best == float("inf") or monitor < best - 1e-6 * abs(best)):
-                best, stale = monitor, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                stale += 1
-            if stale >= int(self.patience) or time.perf_counter() - start > float(self.max_seconds):
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        return epoch
-
-    @staticmethod
-    def _loss(net: nn.Sequential, Z: torch.Tensor) -> float:
-        net.eval()
-        with torch.inference_mode():
-            return float(((net(Z) - Z) ** 2).mean())
 
     def _score(self, items: np.ndarray) -> ScoreResult:
         Z = torch.from_numpy(apply_scaling(items, self.center_, self.scale_).astype(np.float32))
