@@ -16,6 +16,12 @@ class Estimator:
         sig = inspect.signature(cls.__init__)
         return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
 
+    def _store_params(self, values: dict[str, Any]) -> None:
+        """sklearn rule: every `__init__` argument stored as-is under its own name (call first, with `locals()`)."""
+        for name, value in values.items():
+            if name not in ("self", "__class__"):
+                setattr(self, name, value)
+
     def get_params(self, deep: bool = False) -> dict[str, Any]:
         """The constructor parameters and their current values."""
         return {name: getattr(self, name) for name in self._param_names()}

@@ -114,15 +114,7 @@ class SeriesDetector(Detector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.window = window
-        self.step = step
-        self.difference = difference
-        self.detector = detector
-        self.detector_params = detector_params
-        self.reduce = reduce
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _prepare(self, X: Any) -> np.ndarray:
         s = as_series(X)

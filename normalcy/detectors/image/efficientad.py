@@ -160,41 +160,15 @@ class EfficientAD(ImageDetector):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.resize_mode = resize_mode
-        self.strides = strides
-        self.aggregate = aggregate
-        self.project_dim = project_dim
-        self.width = width
-        self.autoencoder = autoencoder
-        self.latent = latent
-        self.hard_fraction = hard_fraction
-        self.pad = pad
-        self.border = border
-        self.epochs = epochs
-        self.train_batch = train_batch
-        self.lr = lr
-        self.max_seconds = max_seconds
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.sigma = sigma
-        self.batch_size = batch_size
-        self.alpha = alpha
-        self.pixel_fpr = pixel_fpr
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
-        self.progress = progress
+        self._store_params(locals())
 
     def _batches(self, items: list, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, list, torch.Tensor]]:
         """(uint8 images, teacher features, placements, valid cells) per batch, with a progress bar."""
-        from tqdm.auto import tqdm
-
         from normalcy.data import as_rgb_array
+        from normalcy.data.progress import progress_bar
 
         size, step = int(self.image_size), int(self.batch_size)
-        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
+        bar = progress_bar(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
         try:
             for start in range(0, len(items), step):
                 chunk = items[start : start + step]

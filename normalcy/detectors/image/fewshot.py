@@ -15,6 +15,7 @@ sampling and the image-score border rule.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,75 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from normalcy.detectors.image.common import CachedFeatures, ImageDetector, masked_max
+from normalcy.calibration.conformal import SUSPICIOUS_FACTOR, check_alpha
+from normalcy.calibration.transfer import MIN_CONFORMAL, TransferTable, load_table, map_statistic
+from normalcy.data.progress import progress_bar
+from normalcy.detectors.base import Prediction, ScoreResult
+from normalcy.detectors.image.common import CachedFeatures, ImageDetector, border_cells, erode, masked_max
 from normalcy.detectors.image.search import greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
 from normalcy.features.extractor import PaddedExtractor, pad_cells
-from normalcy.features.preprocess import prepare_batch, valid_grid
+from normalcy.features.preprocess import Placement, gaussian_blur, prepare_batch, restore_maps, valid_grid
 
 AUGMENTS = ("none", "flip", "dihedral")
+ASPECTS = ("keep", "square")
+MAX_ASPECT = 4.0  # longest canvas side, in multiples of image_size (very long strips are capped, then stretched)
+
+
+def canvas_shape(height: int, width: int, size: int, aspect: str, step: int) -> tuple[int, int]:
+    """Network canvas (H, W) for an image: `size`×`size` ("square"), or its own aspect with the short side `size`.
+
+    "keep" matters for long strips (KolektorSDD: 640×250): squashing them into a square shrinks thin cracks by 2.5×
+    along one axis. Sides are rounded to multiples of `step` (the coarsest stride) so every stage's grid is exact.
+    """
+    if aspect not in ASPECTS:
+        raise ParameterError(f"aspect must be one of {ASPECTS}, got {aspect!r}")
+    if aspect == "square" or height == width:
+        return size, size
+    scale = size / min(height, width)
+    cap = int(MAX_ASPECT * size)
+
+    def side(n: int) -> int:
+        return int(min(cap, max(step, round(n * scale / step) * step)))
+
+    return side(height), side(width)
+
+
+def item_hw(item: Any) -> tuple[int, int]:
+    """(height, width) of an input item without decoding its pixels when it is a file."""
+    from PIL import Image
+
+    if isinstance(item, CachedFeatures):
+        item = item.source
+    if isinstance(item, np.ndarray):
+        return int(item.shape[0]), int(item.shape[1])
+    path = item if isinstance(item, (str, Path)) else getattr(item, "path", None)
+    if path is not None:
+        with Image.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    if hasattr(item, "size") and hasattr(item, "mode"):  # a PIL image
+        return int(item.size[1]), int(item.size[0])
+    from normalcy.data import as_rgb_array
+
+    a = as_rgb_array(item)
+    return int(a.shape[0]), int(a.shape[1])
+
+
+def prepare_canvas(images: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[torch.Tensor, list[Placement]]:
+    """H×W×3 uint8 arrays stretched to one canvas `shape` (H, W): B×3×H×W tensor in [0, 1] and their Placements."""
+    from PIL import Image
+
+    ch, cw = shape
+    out = torch.empty((len(images), 3, ch, cw), dtype=torch.float32)
+    placements = []
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        if (h, w) != (ch, cw):
+            img = np.array(Image.fromarray(img).resize((cw, ch), Image.Resampling.BILINEAR))
+        out[i] = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+        placements.append(Placement(h, w, 0, 0, ch, cw))
+    return out, placements
 
 
 def sample_references(items: Sequence, shots: int, seed: int = 0) -> list:
@@ -83,6 +144,7 @@ class FewShot(ImageDetector):
         weights: str | Path | None = None,
         image_size: int = 256,
         resize_mode: str = "stretch",
+        aspect: str = "keep",
         strides: Sequence[int] = (8, 16),
         aggregate: int = 1,
         project_dim: int | None = None,
@@ -99,13 +161,9 @@ class FewShot(ImageDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
         progress: bool = True,
+        transfer_table: str | None = "builtin",
     ) -> None:
         self._store_params(locals())
-
-    def _store_params(self, values: dict[str, Any]) -> None:
-        """sklearn rule: every `__init__` argument stored as-is under its own name."""
-        for name in self._param_names():
-            setattr(self, name, values[name])
 
     # ---- features ---------------------------------------------------------------------------------------
     def _padded(self) -> PaddedExtractor:
@@ -122,34 +180,89 @@ class FewShot(ImageDetector):
         padded = self._padded()
         return padded.backbone_only(padded.pad(x)) if raw else padded(x)
 
+    def _canvas_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Canvas of one image: its own aspect (`aspect="keep"`, stretch mode) or the square `image_size`."""
+        aspect = self.aspect if self.resize_mode == "stretch" else "square"
+        return canvas_shape(height, width, int(self.image_size), aspect, max(self.strides))
+
+    def _canvas_batch(self, arrays: list[np.ndarray], shape: tuple[int, int], augment: str
+                      ) -> tuple[torch.Tensor, list[Placement], torch.Tensor]:
+        """Images on one canvas: pixels (with flip/rotation views), placements and valid feature cells."""
+        size, stride = int(self.image_size), min(self.strides)
+        if shape == (size, size):
+            x, placements = prepare_batch(arrays, size, self.resize_mode)
+            valid = valid_grid(placements, size, (-(-size // stride),) * 2)
+        else:
+            x, placements = prepare_canvas(arrays, shape)
+            valid = torch.ones((len(arrays), shape[0] // stride, shape[1] // stride), dtype=torch.bool)
+            if augment == "dihedral":  # a quarter turn of a strip is another canvas: flips only
+                augment = "flip"
+        if augment != "none":
+            x, valid = views(x, augment), views(valid, augment)
+        return x, placements, valid
+
     def iter_features(
         self, items: list, desc: str = "features", raw: bool = False, augment: str = "none"
     ) -> Iterator[tuple[Any, list, torch.Tensor]]:
-        """Yield (features, placements, valid cells) per batch; `augment` stacks flip/rotation views."""
+        """Yield (features, placements, valid cells) per batch of same-canvas images, in input order.
+
+        `augment` stacks flip/rotation views (view-major). With `aspect="keep"` consecutive images of one canvas
+        shape share a batch; an image of another shape starts a new one.
+        """
         from normalcy.data import as_rgb_array
 
-        size = int(self.image_size)
-        grid = (-(-size // min(self.strides)),) * 2
-        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
+        bar = progress_bar(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
         try:
             for start in range(0, len(items), int(self.batch_size)):
                 chunk = items[start : start + int(self.batch_size)]
-                chunk = [getattr(c, "source", c) if isinstance(c, CachedFeatures) else c for c in chunk]
-                x, placements = prepare_batch([as_rgb_array(a) for a in chunk], size, self.resize_mode)
-                valid = valid_grid(placements, size, grid)
-                if augment != "none":
-                    x, valid = views(x, augment), views(valid, augment)
-                yield self._features(x, raw), placements, valid
+                arrays = [as_rgb_array(getattr(c, "source", c) if isinstance(c, CachedFeatures) else c)
+                          for c in chunk]
+                shapes = [self._canvas_shape(*a.shape[:2]) for a in arrays]
+                i = 0
+                while i < len(arrays):
+                    j = i + 1
+                    while j < len(arrays) and shapes[j] == shapes[i]:
+                        j += 1
+                    x, placements, valid = self._canvas_batch(arrays[i:j], shapes[i], augment)
+                    yield self._features(x, raw), placements, valid
+                    i = j
                 bar.update(len(chunk))
         finally:
             bar.close()
+
+    def restore(self, maps: torch.Tensor, placements: Sequence[Placement]) -> list[np.ndarray]:
+        """Feature-grid maps (B×h×w, one canvas) → smoothed maps at each image's own size."""
+        size, pl0 = int(self.image_size), placements[0]
+        if (pl0.top, pl0.left) != (0, 0) or (pl0.inner_h, pl0.inner_w) == (size, size):
+            return restore_maps(maps, placements, size, float(self.sigma))
+        ch, cw = pl0.inner_h, pl0.inner_w
+        up = F.interpolate(maps[:, None].float(), size=(ch, cw), mode="bilinear", align_corners=False)[:, 0]
+        up = gaussian_blur(up, float(self.sigma))
+        out = []
+        for m, pl in zip(up, placements):
+            if (pl.height, pl.width) != (ch, cw):
+                m = F.interpolate(m[None, None], size=(pl.height, pl.width), mode="bilinear", align_corners=False)[0, 0]
+            out.append(m.contiguous().numpy().astype(np.float32, copy=False))
+        return out
+
+    def score_cells(self, valid: torch.Tensor) -> torch.Tensor:
+        """Valid cells outside the border band; the band's width is a fraction of the grid's shorter side."""
+        return erode(valid, border_cells(self.border, min(valid.shape[-2:])))
+
+    def _score(self, items: list) -> ScoreResult:
+        scores, maps = [], []
+        for feats, placements, valid in self.iter_features(items, "score"):
+            img_scores, patch_maps = self._score_features(feats, valid)
+            scores.append(img_scores.double().numpy())
+            maps.extend(self.restore(patch_maps, placements))
+        return ScoreResult(np.concatenate(scores), maps)
 
     def _cache_features(self, items: list) -> list:
         """No feature cache across folds: references are augmented in pixel space, so folds re-extract."""
         return items
 
     def reference_features(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (V×C×h×w) and valid cells (V×h×w) of every augmented view of the references."""
+        """Features (V×C×h×w) and valid cells (V×h×w) of every augmented view of the references (one canvas)."""
         feats, valid = [], []
         for f, _, v in self.iter_features(items, "references", augment=self.augment):
             feats.append(f)
@@ -166,8 +279,9 @@ class FewShot(ImageDetector):
 
     # ---- fit / score --------------------------------------------------------------------------------------
     def _fit(self, items: list) -> None:
-        feats, valid = self.reference_features(items)
-        self._set_bank(feats.permute(0, 2, 3, 1)[valid])
+        batches = self.iter_features(items, "references", augment=self.augment)
+        patches = [f.permute(0, 2, 3, 1)[v] for f, _, v in batches]
+        self._set_bank(torch.cat(patches))
 
     def _set_bank(self, patches: torch.Tensor) -> None:
         """Keep the patches (greedy coreset down to `max_bank` rows when there are more)."""
@@ -189,6 +303,54 @@ class FewShot(ImageDetector):
         b, _, h, w = feats.shape
         maps = self.nearest(feats)[0][:, 0].view(b, h, w)
         return self.image_scores(maps, valid), maps
+
+    # ---- decisions with few references ---------------------------------------------------------------------
+    def transfer(self) -> TransferTable | None:
+        """The transfer table used for decisions (fewer than MIN_CONFORMAL references and a table for this detector).
+
+        `transfer_table`: "builtin" (the packaged table), a JSON path (benchmarks/fewshot_transfer.py), or None
+        (off: conformal p-values only, NaN with one reference).
+        """
+        src = getattr(self, "transfer_table", None)
+        if src is None or getattr(self, "n_fit_", MIN_CONFORMAL) >= MIN_CONFORMAL:
+            return None
+        if getattr(self, "_transfer_src", object()) != src:
+            self._transfer_table = load_table(self.name, None if src == "builtin" else src)
+            self._transfer_src = src
+            if self._transfer_table is None:
+                warnings.warn(f"{type(self).__name__}: no transfer table for {self.name!r} in {src}: decisions with "
+                              f"fewer than {MIN_CONFORMAL} references fall back to conformal p-values", UserWarning,
+                              stacklevel=3)
+        return self._transfer_table
+
+    def _warn_if_alpha_unreachable(self, alpha: float) -> None:
+        if self.transfer() is None:
+            return super()._warn_if_alpha_unreachable(alpha)
+        warnings.warn(f"{type(self).__name__}: fitted on {self.n_fit_} references (< {MIN_CONFORMAL}): decisions use a "
+                      "score normalization learned on other datasets (calibration='transfer'), not a conformal "
+                      "guarantee; the realized false-alarm rate may differ from alpha", UserWarning, stacklevel=3)
+
+    def decide(self, result: ScoreResult, alpha: float | None = None, pixel_fpr: float | None = None,
+               paths: list[str | None] | None = None) -> list[Prediction]:
+        """Conformal decisions; with fewer than MIN_CONFORMAL references, transfer-normalized ones (`transfer`)."""
+        preds = super().decide(result, alpha, pixel_fpr, paths)
+        table = self.transfer()
+        if table is None or result.maps is None:
+            return preds
+        alpha = check_alpha(self.alpha if alpha is None else alpha)
+        k = int(self.n_fit_)
+        stats = np.array([map_statistic(m, float(self.border)) for m in result.maps])
+        p = table.p_values(stats, k)
+        z_t = table.threshold(alpha, k)
+        for pred, pv, amap in zip(preds, p, result.maps):
+            flagged = bool(pv <= alpha)
+            pred.p_value, pred.is_anomaly, pred.calibration = float(pv), flagged, "transfer"
+            pred.severity = "anomalous" if flagged else "suspicious" if pv <= SUSPICIOUS_FACTOR * alpha else "normal"
+            pred.mask = np.zeros(amap.shape, dtype=bool)
+            if flagged and np.isfinite(z_t):  # pixels standing out as far as a flagged image's worst spot must
+                med = float(np.median(amap))
+                pred.mask = amap > med + z_t * float(np.median(np.abs(amap - med)))
+        return preds
 
     # ---- persistence --------------------------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:

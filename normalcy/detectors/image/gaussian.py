@@ -38,16 +38,7 @@ class GaussianAD(ImageDetector):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.resize_mode = resize_mode
-        self.strides = strides
-        self.batch_size = batch_size
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
-        self.progress = progress
+        self._store_params(locals())
 
     aggregate = 1
     project_dim = None

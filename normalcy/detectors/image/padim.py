@@ -38,22 +38,7 @@ class PaDiM(ImageDetector):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.resize_mode = resize_mode
-        self.strides = strides
-        self.aggregate = aggregate
-        self.project_dim = project_dim
-        self.n_features = n_features
-        self.epsilon = epsilon
-        self.sigma = sigma
-        self.batch_size = batch_size
-        self.alpha = alpha
-        self.pixel_fpr = pixel_fpr
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
-        self.progress = progress
+        self._store_params(locals())
 
     def _fit(self, items: list) -> None:
         if self.epsilon <= 0:

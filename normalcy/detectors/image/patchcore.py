@@ -25,6 +25,7 @@ from normalcy.detectors.image.search import (
     train_lists,
 )
 from normalcy.errors import ModelFileError, ParameterError
+from normalcy.features.standardize import ChannelStats
 
 EXACT_SEARCH_MAX = 16384  # banks up to this size are searched exactly with search="auto"
 SEARCH_MODES = ("auto", "exact", "ivf", "faiss-ivf", "faiss-hnsw")
@@ -45,6 +46,7 @@ class PatchCore(ImageDetector):
         strides: Sequence[int] = (8, 16),
         aggregate: int = 3,
         project_dim: int | None = None,
+        standardize: bool = False,
         coreset_ratio: float = 0.1,
         coreset_dim: int = 64,
         reweight: bool = False,
@@ -61,33 +63,15 @@ class PatchCore(ImageDetector):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.resize_mode = resize_mode
-        self.strides = strides
-        self.aggregate = aggregate
-        self.project_dim = project_dim
-        self.coreset_ratio = coreset_ratio
-        self.coreset_dim = coreset_dim
-        self.reweight = reweight
-        self.search = search
-        self.n_probe = n_probe
-        self.bank_storage = bank_storage
-        self.border = border
-        self.sigma = sigma
-        self.batch_size = batch_size
-        self.memory_budget_mb = memory_budget_mb
-        self.alpha = alpha
-        self.pixel_fpr = pixel_fpr
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
-        self.progress = progress
+        self._store_params(locals())
 
     def _fit(self, items: list) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         patches = self.collect_patches(items)
+        self._stats = ChannelStats.fit(patches) if self.standardize else None
+        if self._stats is not None:  # in place: the patch matrix can be hundreds of MB
+            patches.sub_(self._stats.mean).div_(self._stats.scale)
         keep = greedy_coreset(patches, self.coreset_ratio, self.coreset_dim, seed=self.seed)
         self._set_bank(patches[keep].contiguous())
 
@@ -142,6 +126,8 @@ class PatchCore(ImageDetector):
         return torch.from_numpy(flat).view(*idx.shape, -1)
 
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_stats", None) is not None:
+            feats = self._stats.apply(feats, dim=1)
         b, c, h, w = feats.shape
         q = feats.permute(0, 2, 3, 1).reshape(-1, c)
         if self._index is not None:
@@ -170,6 +156,8 @@ class PatchCore(ImageDetector):
     # ---- persistence --------------------------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
         out = {} if self.bank_storage == "mmap" else {"memory_bank": np.asarray(self.memory_bank_)}
+        if getattr(self, "_stats", None) is not None:
+            out.update(self._stats.arrays())
         if self._lists is not None:
             out["ivf_centroids"] = self._lists[0].numpy()
             out["ivf_assign"] = self._lists[1].numpy()
@@ -188,6 +176,7 @@ class PatchCore(ImageDetector):
         return dict(getattr(self, "_bank_file", None) or {})
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self._stats = ChannelStats.from_arrays(arrays)
         if "bank_file" in meta:  # memory-mapped sidecar: opened read-only, never read whole
             folder = Path(getattr(self, "_model_path", ".")).parent
             bank: Bank = open_bank(folder / meta["bank_file"], meta["bank_shape"], meta["bank_sha256"])

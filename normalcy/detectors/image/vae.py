@@ -83,32 +83,7 @@ class VAE(FeatureModelDetector):
         seed: int = 0,
         progress: bool = True,
     ) -> None:
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.resize_mode = resize_mode
-        self.strides = strides
-        self.aggregate = aggregate
-        self.project_dim = project_dim
-        self.hidden = hidden
-        self.latent = latent
-        self.beta = beta
-        self.context_mask = context_mask
-        self.epochs = epochs
-        self.train_batch = train_batch
-        self.lr = lr
-        self.max_seconds = max_seconds
-        self.patience = patience
-        self.val_fraction = val_fraction
-        self.pad = pad
-        self.border = border
-        self.sigma = sigma
-        self.batch_size = batch_size
-        self.alpha = alpha
-        self.pixel_fpr = pixel_fpr
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
-        self.progress = progress
+        self._store_params(locals())
 
     def _build(self, channels: int) -> nn.Module:
         if self.beta < 0 or not 0.0 <= self.context_mask < 1.0:

@@ -77,19 +77,7 @@ class AutoEncoder(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.hidden = hidden
-        self.dropout = dropout
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.max_seconds = max_seconds
-        self.scaling = scaling
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         for name in ("epochs", "batch_size", "patience"):

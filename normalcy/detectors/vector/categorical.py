@@ -80,11 +80,7 @@ class Categorical(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.pairwise = pairwise
-        self.smoothing = smoothing
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _prepare(self, X: Any) -> np.ndarray:
         C = as_categories(X)

@@ -67,10 +67,7 @@ class ECOD(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.aggregate = aggregate
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _fit_rows(self, X: np.ndarray) -> None:
         check_choice("aggregate", self.aggregate, AGGREGATES)

@@ -101,12 +101,7 @@ class IForest(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
-        self.max_features = max_features
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _fit_rows(self, X: np.ndarray) -> None:
         from sklearn.ensemble import IsolationForest

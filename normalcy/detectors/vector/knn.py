@@ -31,14 +31,7 @@ class KNN(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.n_neighbors = n_neighbors
-        self.method = method
-        self.scaling = scaling
-        self.memory_mb = memory_mb
-        self.backend = backend
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         check_int("n_neighbors", self.n_neighbors)

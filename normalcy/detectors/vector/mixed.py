@@ -53,13 +53,7 @@ class Mixed(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.numeric = numeric
-        self.numeric_params = numeric_params
-        self.categorical = categorical
-        self.pairwise = pairwise
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _prepare(self, X: Any) -> np.ndarray:
         if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):

@@ -45,12 +45,7 @@ class PCA(VectorDetector):
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self.n_components = n_components
-        self.weighting = weighting
-        self.scaling = scaling
-        self.alpha = alpha
-        self.calibration_fraction = calibration_fraction
-        self.seed = seed
+        self._store_params(locals())
 
     def _fit_rows(self, X: np.ndarray) -> None:
         check_choice("weighting", self.weighting, WEIGHTINGS)
