@@ -1,7 +1,7 @@
 """normalcy: learn what normal looks like; flag, localize and explain what is not.
 
-Library rooms (each may import only the rooms listed before it): errors → data, features → calibration → detectors
-(image, vector, text, series) → metrics, store → explain, synth. Entry points (CLI, service, bench, export, demo,
+Library rooms (each may import only the rooms listed before it): errors → data, features → synth, calibration →
+detectors (image, vector, text, series) → metrics, store → explain. Entry points (CLI, service, bench, export, demo,
 distributed runs) live in `normalcy.apps`, which the library never imports. The top level is imported lazily so
 `normalcy --help` starts without torch.
 """
