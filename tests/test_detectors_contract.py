@@ -60,3 +60,17 @@ def test_params_roundtrip(name):
 def test_unknown_detector():
     with pytest.raises(ParameterError, match="known detectors"):
         create_detector("nope")
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_save_load_roundtrip(name, normal_images, test_images, tmp_path):
+    """Every registered image detector saves to one safe file and scores the same after loading."""
+    from normalcy.store import load
+
+    images, _ = test_images
+    det = small(name).fit(normal_images)
+    batch = normal_images + images if getattr(det, "zero_shot", False) else images
+    path = det.save(tmp_path / f"{name}.normalcy")
+    again = load(path)
+    assert type(again) is type(det) and again.get_params() == det.get_params()
+    np.testing.assert_allclose(again.score(batch).scores, det.score(batch).scores, rtol=1e-5, atol=1e-6)
