@@ -1,5 +1,6 @@
 """Making anomalies: Perlin-noise blends, cut-paste and transplanted defects with exact masks (anomalies.py,
-noise.py) and writing them as MVTec-layout folders (folders.py); imports only data and errors, so detectors (semisup) may use it.
+noise.py) and writing them as MVTec-layout folders (folders.py); imports only data and errors, so detectors
+(semisup) may use it.
 
 The names of the old module `normalcy.synth` (now `anomalies.py`) are re-exported here.
 """
