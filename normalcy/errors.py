@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>|\bat 0x[0-9a-fA-F]+")
+
+
+def plain_reason(exc: BaseException) -> str:
+    """An exception's message for users: object reprs and memory addresses removed, never empty."""
+    text = _REPR.sub("the data", str(exc)).strip()
+    return text or type(exc).__name__
+
 
 class NormalcyError(Exception):
     """Base class: catch this to handle any problem normalcy reports deliberately."""

@@ -11,6 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.test_history_helpers import postgres  # noqa: E402, F401  (session fixture: a private PostgreSQL server)
+
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]

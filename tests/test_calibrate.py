@@ -55,13 +55,13 @@ def test_severity_monotone_and_consistent_with_decision():
     assert {"normal", "suspicious", "anomalous", "severe"} <= set(grades)
 
 
-def test_plan_holdout_or_cross_fit():
+def test_plan_holdout_or_cross_conformal():
     method, folds = calibration_folds(600, 0.2, 0.01, seed=0)
     assert method == "holdout" and len(folds) == 1
     tr, ca = folds[0]
-    assert len(ca) == 120 and not set(tr) & set(ca) and len(tr) + len(ca) == 600
+    assert len(ca) == 99 and not set(tr) & set(ca) and len(tr) + len(ca) == 600  # 120 snapped: 0.01 * 100 exact
     method, folds = calibration_folds(40, 0.2, 0.01, seed=0)
-    assert method == "cross-fit" and len(folds) == 5
+    assert method == "cross-conformal" and len(folds) == 5
     assert sorted(np.concatenate([c for _, c in folds]).tolist()) == list(range(40))
     assert calibration_folds(1, 0.2, 0.01, 0)[0] == "none"
 
@@ -79,3 +79,84 @@ def test_pixel_threshold_interpolates_quantiles():
     cal = Calibration(np.arange(5.0), pixel_fpr_levels=PIXEL_FPR_GRID, pixel_quantiles=pixel_quantiles(maps))
     assert cal.pixel_threshold(0.01) == pytest.approx(0.99, abs=0.005)
     assert cal.pixel_threshold(0.5) == pytest.approx(0.5, abs=0.02)
+
+
+# ---- issue 17: exact level, cross-conformal small samples, uncertainty, unreachable alpha ------------------------
+def test_snapped_holdout_makes_alpha_exact():
+    from normalcy.calibration.conformal import expected_fpr
+
+    for n in (500, 571, 990, 2000, 5000):
+        method, folds = calibration_folds(n, 0.2, 0.01, seed=0)
+        n_cal = len(folds[0][1])
+        assert method == "holdout" and (n_cal + 1) % 100 == 0 and n_cal >= 99
+        assert expected_fpr(n_cal, 0.01) == pytest.approx(0.01) and expected_fpr(n_cal, 0.05) == pytest.approx(0.05)
+    assert expected_fpr(114, 0.05) == pytest.approx(5 / 115)  # the unsnapped size: 13 % below alpha on average
+    method, folds = calibration_folds(200, 0.2, 0.05, seed=0)
+    assert method == "holdout" and len(folds[0][1]) == 39  # (39 + 1) * 0.05 = 2 exactly
+
+
+def test_cross_conformal_p_value_by_hand():
+    from normalcy.calibration.conformal import cross_conformal_p_values
+
+    folds = [np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0])]
+    # item scored 2.5 by fold model 0 (1 score >= 2.5) and 15 by fold model 1 (1 score >= 15): (1 + 2) / 6
+    np.testing.assert_allclose(cross_conformal_p_values(folds, [np.array([2.5]), np.array([15.0])]), [3 / 6])
+    cal = Calibration(np.concatenate(folds), method="cross-conformal", fold_scores=folds)
+    np.testing.assert_allclose(cal.p_values(np.array([0.0]), [np.array([2.5]), np.array([15.0])]), [0.5])
+    np.testing.assert_allclose(cal.p_values(np.array([2.5])), [4 / 6])  # without fold scores: pooled (old rule)
+
+
+def _realized_fpr(n_fit: int, repeats: int, alphas=(0.01, 0.05), dim: int = 4) -> dict:
+    """Mean realized FPR of KNN over fresh exchangeable normal draws (fit on n_fit, test on 2000)."""
+    from normalcy.detectors import create_detector
+
+    rates = {a: [] for a in alphas}
+    for r in range(repeats):
+        rng = np.random.default_rng(100 + r)
+        det = create_detector("knn", alpha=0.05, seed=r).fit(rng.standard_t(5, size=(n_fit, dim)))
+        result = det.score(rng.standard_t(5, size=(2000, dim)))
+        for a in alphas:
+            rates[a].append(np.mean([q.is_anomaly for q in det.decide(result, alpha=a)]))
+    return {a: float(np.mean(v)) for a, v in rates.items()}
+
+
+def test_exchangeable_holdout_realizes_alpha_over_many_splits():
+    """500 normals: a 99-score hold-out; the mean false-alarm rate over 60 splits is alpha (not 13 % below)."""
+    rates = _realized_fpr(500, 60)
+    assert abs(rates[0.05] - 0.05) < 0.006 and abs(rates[0.01] - 0.01) < 0.003, rates
+
+
+def test_small_sample_cross_conformal_realizes_alpha():
+    """60 normals: 5 kept fold models decide; the refitted-on-all model used to give ~0.04 at alpha 0.05."""
+    rates = _realized_fpr(60, 150, alphas=(0.05,))
+    assert abs(rates[0.05] - 3 / 61) < 0.005, rates
+
+
+def test_p_interval_and_uncertain_status():
+    from normalcy.calibration.uncertainty import decision_status, p_interval
+
+    lo, hi = p_interval(np.array([0, 3, 50]), 99, level=0.9)
+    assert lo[0] == 0 and hi[0] == pytest.approx(1 - 0.05 ** (1 / 99))  # Clopper-Pearson with no exceedance
+    assert lo[1] < 0.04 < hi[1] and lo[2] < 0.5 < hi[2]
+    p = np.array([1, 4, 51]) / 100
+    assert decision_status(p, lo, hi, alpha=0.05) == ["anomalous", "uncertain", "normal"]
+    # coverage: the interval holds the true tail probability in about 90 % of calibration draws
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(400):
+        counts = rng.binomial(99, 0.05)
+        a, b = p_interval(np.array([counts]), 99)
+        hits.append(a[0] <= 0.05 <= b[0])
+    assert np.mean(hits) >= 0.88
+
+
+def test_every_row_says_when_alpha_is_unreachable():
+    from normalcy.detectors import create_detector
+
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match="nothing can be flagged"):
+        det = create_detector("knn", alpha=0.01).fit(rng.normal(size=(30, 3)))
+    rows = [q.to_dict() for q in det.predict(rng.normal(size=(4, 3)) + 10.0)]
+    assert all("alpha=0.01 unreachable" in r["calibration_note"] and not r["is_anomaly"] for r in rows)
+    rows = [q.to_dict() for q in det.predict(rng.normal(size=(4, 3)) + 10.0, alpha=0.05)]
+    assert all(r["calibration_note"] == "" and r["is_anomaly"] and r["p_interval"][0] == 0.0 for r in rows)

@@ -37,8 +37,8 @@ def test_views_and_bad_augment():
 @pytest.mark.parametrize("name", FEW)
 def test_one_reference_scores_but_cannot_calibrate(name, normal_images, test_images):
     images, labels = test_images
-    with pytest.warns(UserWarning, match="p-values are NaN"):
-        det = create_detector(name, **SMALL).fit(normal_images[:1])
+    with pytest.warns(UserWarning, match="p-values are NaN"):  # transfer off: conformal only
+        det = create_detector(name, **SMALL, transfer_table=None).fit(normal_images[:1])
     result = det.score(images)
     assert normalcy.metrics.auroc(labels, result.scores) > 0.9
     assert all(np.isnan(p.p_value) and not p.is_anomaly for p in det.predict(images[:2]))
@@ -161,3 +161,36 @@ def test_erode_drops_the_border_band():
     assert inner.sum() == 16 and not inner[0, 0].any() and inner[0, 1:5, 1:5].all()
     tiny = torch.ones(1, 2, 2, dtype=torch.bool)
     assert erode(tiny, 1).all()  # never erodes to nothing
+
+
+def test_canvas_keeps_the_aspect_of_long_strips():
+    from normalcy.detectors.image.fewshot import canvas_shape
+
+    assert canvas_shape(640, 254, 256, "keep", 16) == (640, 256)  # KolektorSDD: not squashed 2.5× into a square
+    assert canvas_shape(640, 254, 256, "square", 16) == (256, 256)
+    assert canvas_shape(100, 100, 256, "keep", 16) == (256, 256)
+    assert canvas_shape(5000, 100, 256, "keep", 16) == (1024, 256)  # capped at 4× image_size
+    with pytest.raises(ParameterError, match="aspect"):
+        canvas_shape(10, 20, 256, "wide", 16)
+
+
+def test_tall_strips_with_a_thin_crack(normal_images):
+    rng = np.random.default_rng(3)
+
+    def strip():
+        return np.concatenate([normal_images[int(i)] for i in rng.choice(12, 3)], axis=0)  # 192×64
+
+    refs = [strip()]
+    goods = [strip() for _ in range(4)]
+    bads = []
+    for _ in range(4):
+        s = strip()
+        s[90:130, 30:32] = 250  # a thin vertical crack, 2 px wide
+        bads.append(s)
+    det = create_detector("fewshot", **SMALL, transfer_table=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det.fit(refs)
+    result = det.score(goods + bads)
+    assert all(m.shape == (192, 64) for m in result.maps)
+    assert normalcy.metrics.auroc(np.array([0] * 4 + [1] * 4), result.scores) == 1.0

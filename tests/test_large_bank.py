@@ -92,7 +92,7 @@ def _fit(normal_images, **params) -> PatchCore:
 @pytest.mark.parametrize("search", ["exact", "ivf"])
 def test_mmap_bank_model_scores_identically_to_the_inline_model(tmp_path, normal_images, test_images, search):
     images, _ = test_images
-    inline = _fit(normal_images, search=search, reweight=True)
+    inline = _fit(normal_images, search=search, reweight=True, positional=False)  # reweight needs the plain NN score
     path = tmp_path / "m.normalcy"
     inline.set_params(bank_storage="mmap").save(path)
     sidecar = tmp_path / "m.normalcy.bank.npy"

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -138,10 +139,33 @@ def test_unexportable_detectors_named(exported, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_approximate_search_exported_exact_with_warning(normal_images, test_images, tmp_path):
-    det = normalcy.PatchCore(search="ivf", **SMALL).fit(normal_images[:6])
-    with pytest.warns(UserWarning, match="approximately"):
-        path = export_onnx(det, tmp_path / "ivf.onnx")
+def test_ivf_search_exported_with_the_same_lists_and_probes(normal_images, test_images, tmp_path):
+    """A PatchCore that searches its own IVF index (the default for banks over 16,384 rows) exports that search:
+    the ONNX model finds the same neighbours as torch, including the ones approximate search misses."""
+    ivf = {**SMALL, "image_size": 128, "n_probe": 1, "coreset_ratio": 1.0}  # 16×16 cells: a bank of several lists
+    det = normalcy.PatchCore(search="ivf", **ivf).fit(normal_images)
+    assert det._index.centroids.shape[0] >= 3  # several lists, one probed: truly approximate
+    path = export_onnx(det, tmp_path / "ivf.onnx")
+    onnx_model = load_onnx(path, threads=1)
+    assert onnx_model.model_meta_["search"] == "ivf"
+    images = mixed_images(test_images)
+    a, b = det.score(images), onnx_model.score(images)
+    tol = tolerance(det)
+    np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=tol)
+    for ma, mb in zip(a.maps, b.maps):
+        np.testing.assert_allclose(mb, ma, rtol=0, atol=tol)
+    exact = normalcy.PatchCore(search="exact", **ivf).fit(normal_images)
+    assert torch.equal(exact.memory_bank_.sort(0).values, det.memory_bank_.sort(0).values)  # the same bank ...
+    gap = max(float(np.max(ma - me)) for ma, me in zip(a.maps, exact.score(images).maps))
+    assert gap > 10 * tol  # ... and the IVF search (torch and ONNX alike) misses some nearest neighbours
+    assert [p.is_anomaly for p in onnx_model.predict(images)] == [p.is_anomaly for p in det.predict(images)]
+
+
+def test_faiss_search_exported_exact_with_warning(normal_images, test_images, tmp_path):
+    pytest.importorskip("faiss")
+    det = normalcy.PatchCore(search="faiss-ivf", **SMALL).fit(normal_images[:6])
+    with pytest.warns(UserWarning, match="faiss"):
+        path = export_onnx(det, tmp_path / "faiss.onnx")
     images, _ = test_images
     exact = load_onnx(path, threads=1).score(images).scores
     assert np.all(exact <= det.score(images).scores + tolerance(det))  # exact search never finds a farther patch

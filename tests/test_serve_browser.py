@@ -112,3 +112,29 @@ def test_review_page_upload_overlay_score_and_redecide(server, browser, tmp_path
     assert (tmp_path / "review.png").stat().st_size > 10_000
     assert errors == []
     ctx.close()
+
+
+def test_api_docs_render_offline(server, browser, tmp_path):
+    """Swagger UI at /docs loads every script and style from the server itself: no request leaves the machine."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    ctx.route("**/*", only_local)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    assert "/predict" in page.inner_text("body")
+    page.screenshot(path=str(tmp_path / "docs.png"))
+    assert (tmp_path / "docs.png").stat().st_size > 10_000
+    assert outside == [] and errors == []
+    ctx.close()

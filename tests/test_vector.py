@@ -99,7 +99,7 @@ def test_not_fitted_and_params(name):
         det.score(np.zeros((3, 5)))
     params = det.get_params()
     assert {"alpha", "calibration_fraction", "seed"} <= set(params)
-    assert params["alpha"] == 0.01 and params["calibration_fraction"] == 0.2 and params["seed"] == 0
+    assert params["alpha"] == 0.05 and params["calibration_fraction"] == 0.2 and params["seed"] == 0
     assert type(det)(**params).get_params() == params
     det.set_params(seed=7)
     assert det.get_params()["seed"] == 7
@@ -141,7 +141,7 @@ def test_calibrated_false_alarm_rate(name):
     normal = blobs(10, 1000)
     fresh = blobs(11, 600)
     det = make(name).fit(normal)
-    assert det.calibration_.method == "holdout" and det.calibration_.n == 200
+    assert det.calibration_.method == "holdout" and det.calibration_.n == 199  # 200 snapped: n + 1 a multiple of 100
     preds = det.predict(fresh, alpha=0.05)
     p = np.array([q.p_value for q in preds])
     assert ((p > 0) & (p <= 1)).all()
@@ -178,14 +178,39 @@ def test_iforest_equals_sklearn_scores():
     from sklearn.ensemble import IsolationForest
 
     X = blobs(0, 500)
-    det = make("iforest", n_estimators=100)
+    det = make("iforest", n_estimators=100, trees="sklearn")
     det._fit(X)
     ref = IsolationForest(random_state=0).fit(X)
     np.testing.assert_allclose(det.score(X[:100]).scores, -ref.score_samples(X[:100]), rtol=1e-12)
-    sub = make("iforest", max_features=0.6, n_estimators=30)
+    sub = make("iforest", max_features=0.6, n_estimators=30, trees="sklearn")
     sub._fit(X)
     ref = IsolationForest(random_state=0, max_features=0.6, n_estimators=30).fit(X)
     np.testing.assert_allclose(sub.score(X[:100]).scores, -ref.score_samples(X[:100]), rtol=1e-12)
+
+
+def test_numpy_forest_is_an_isolation_forest():
+    """The numpy-grown forest: valid trees (every sample in exactly one leaf, depth limit kept), and the same
+    ranking quality as scikit-learn's forest on the same data."""
+    from sklearn.ensemble import IsolationForest
+
+    from normalcy.detectors.vector.isolation import grow_forest
+    from normalcy.metrics import auroc
+
+    X = blobs(0, 600)
+    X[:, 3] = np.round(X[:, 3])  # a discrete column: constant inside many nodes
+    X[:, 4] = 1.0  # a constant column: never split on
+    flat, depth = grow_forest(X, 20, 256, X.shape[1], np.random.default_rng(0))
+    assert depth == 8 and flat["roots"].tolist() == list(range(20))
+    internal = flat["left"] != np.arange(flat["left"].size)
+    assert not (flat["feature"][internal] == 4).any()
+    assert (flat["leaf_value"][~internal] > 0).all() and (flat["leaf_value"][internal] == 0).all()
+    test = np.vstack([blobs(1, 200), blobs(2, 50) * 3 + 6])
+    y = np.r_[np.zeros(200), np.ones(50)]
+    ours = make("iforest", alpha=0.05).fit(X).score(test).scores
+    ref = -IsolationForest(random_state=0).fit(X).score_samples(test)
+    assert abs(auroc(y, ours) - auroc(y, ref)) < 0.02
+    sub = make("iforest", max_features=2, n_estimators=10, alpha=0.1).fit(X)
+    assert np.isfinite(sub.score(test).scores).all()
 
 
 def test_constant_columns_are_harmless():

@@ -20,7 +20,7 @@ def run_demo(out: Path, detector: str = "patchcore", seed: int = 0, echo=print, 
 
     out = Path(out).resolve()
     t0 = time.perf_counter()
-    # 100 normal training images: enough out-of-fold scores for decisions at the default alpha of 0.01
+    # 100 normal training images: enough out-of-fold scores for decisions at the default alpha of 0.05
     root = make_demo_dataset(out / "data", seed=seed, **{"n_train": 100, **data_kwargs})
     echo(f"[demo] synthetic inspection set written to {root} ({time.perf_counter() - t0:.1f}s)")
     rows = []

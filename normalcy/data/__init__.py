@@ -1,4 +1,5 @@
-"""Data loading: image/mask readers, MVTec-layout and plain-folder listings, and the built-in demo data."""
+"""Data loading: image/mask readers, MVTec-layout and plain-folder listings, and the built-in demo data; plus
+the low-level helpers every room may use (`files`: atomic writes, `progress`: the one progress display)."""
 
 from __future__ import annotations
 

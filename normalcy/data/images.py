@@ -16,8 +16,10 @@ Conversions, shared by `read_image` and `as_rgb_array` so every entry point sees
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from normalcy.data.integrity import truncation_problem
 from normalcy.data.samples import Sample
 from normalcy.errors import (
     CorruptImageError,
@@ -36,9 +39,14 @@ from normalcy.errors import (
     ParameterError,
     PathNotFoundError,
     ShapeError,
+    plain_reason,
 )
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Raster formats Pillow may decode, by content. Everything else (PostScript/EPS via Ghostscript, PDF, ...) is refused
+# whatever the file is called: an allowlist, so no external program or exotic decoder is ever reached.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+_DECODED_AS = frozenset(ALLOWED_FORMATS) | {"MPO"}  # Pillow's JPEG opener names multi-picture camera JPEGs MPO
 MAX_MEGAPIXELS = 100
 _MAX_PIXELS = MAX_MEGAPIXELS * 1_000_000
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -130,13 +138,13 @@ def iter_batches(items: Iterable[Any], batch_size: int) -> Iterator[list]:
 
 
 # --- decoding files -------------------------------------------------------------------------------------
-def _check_pixel_count(size: tuple[int, int], name: object) -> None:
-    """Refuse images above MAX_MEGAPIXELS before decoding them (decompression-bomb guard)."""
+def _check_pixel_count(size: tuple[int, int], name: object, max_pixels: int = _MAX_PIXELS) -> None:
+    """Refuse images above the pixel cap before decoding them (decompression-bomb guard)."""
     width, height = size
-    if width * height > _MAX_PIXELS:
+    if width * height > max_pixels:
         raise CorruptImageError(
             f"{name} is {width}x{height} = {width * height / 1e6:.0f} megapixels, above the "
-            f"{MAX_MEGAPIXELS}-megapixel limit (decompression-bomb guard); downscale or crop it first"
+            f"{max_pixels / 1e6:g}-megapixel limit (decompression-bomb guard); downscale or crop it first"
         )
 
 
@@ -148,51 +156,96 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def _check_readable_file(path: Path) -> None:
-    """Raise PathNotFoundError for a missing path and CorruptImageError for a folder given as an image."""
-    if not path.exists():
-        raise PathNotFoundError(f"image file not found: {path}")
-    if path.is_dir():
-        raise CorruptImageError(f"{path} is a folder, not an image file")
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file, read once; a missing file, folder, FIFO or device is a DataError naming it.
+
+    The file is opened non-blocking and checked with fstat on the open descriptor, so a named pipe can never
+    block the reader and a file replaced between listing and reading is judged by what was actually opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise PathNotFoundError(f"image file not found: {path} (deleted or moved?)") from None
+    except IsADirectoryError:
+        raise CorruptImageError(f"{path} is a folder, not an image file") from None
+    except PermissionError:
+        raise CorruptImageError(f"{path} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise CorruptImageError(f"{path} cannot be opened ({exc.strerror or type(exc).__name__})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise CorruptImageError(f"{path} is a folder, not an image file")
+        raise CorruptImageError(f"{path} is not a regular file (a pipe, socket or device); only files are read")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise CorruptImageError(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _check_format(img: Image.Image, name: object) -> None:
+    """Refuse any format outside ALLOWED_FORMATS (Pillow was already limited to them when opening a file)."""
+    if img.format is not None and img.format.upper() not in _DECODED_AS:
+        raise CorruptImageError(
+            f"{name} is a {img.format} file; normalcy reads only raster images "
+            f"({', '.join(ALLOWED_FORMATS)}) -- convert it to PNG"
+        )
 
 
 def _decode_failure(path: Path, exc: Exception) -> CorruptImageError:
     """Translate whatever Pillow raised for a bad file into one CorruptImageError naming the file."""
     if isinstance(exc, Image.DecompressionBombError):
         return CorruptImageError(
-            f"{path} is too large to decode safely ({exc}); normalcy reads images up to {MAX_MEGAPIXELS} "
-            "megapixels (decompression-bomb guard) -- downscale or crop it first"
+            f"{path} is too large to decode safely ({plain_reason(exc)}); normalcy reads images up to "
+            f"{MAX_MEGAPIXELS} megapixels (decompression-bomb guard) -- downscale or crop it first"
         )
     if isinstance(exc, UnidentifiedImageError):
         return CorruptImageError(
-            f"{path} is not an image Pillow can decode (unknown format or not an image at all); "
-            "re-export it as PNG or remove it from the folder"
+            f"{path} is not a supported raster image ({', '.join(ALLOWED_FORMATS)}, "
+            "recognised by content; the name does not count); re-export it as PNG or remove it from the folder"
         )
     if isinstance(exc, PermissionError):
         return CorruptImageError(f"{path} cannot be read: permission denied")
-    detail = str(exc) or type(exc).__name__
     return CorruptImageError(
-        f"{path} is corrupt or truncated and cannot be decoded ({detail}); re-export or remove the file"
+        f"{path} is corrupt or truncated and cannot be decoded ({plain_reason(exc)}); re-export or remove the file"
     )
 
 
-def _open_decoded(path: Path) -> Image.Image:
-    """Open and fully decode one file (upright), turning every failure into a DataError naming the file."""
-    _check_readable_file(path)
+def _decode_bytes(data: bytes, path: Path, max_pixels: int = _MAX_PIXELS) -> Image.Image:
+    """Fully decode one file's bytes (upright); every failure, truncation included, is a DataError naming it."""
     try:
         with warnings.catch_warnings():
-            # Our own MAX_MEGAPIXELS check replaces Pillow's lower default warning threshold.
+            # Our own pixel cap replaces Pillow's lower default warning threshold.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixel_count(img.size, path)
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+                _check_pixel_count(img.size, path, max_pixels)
                 img.load()
+                problem = truncation_problem(img, data)
+                if problem:
+                    raise CorruptImageError(f"{path} is truncated: {problem}; re-export or remove the file")
                 upright = _upright(img)
                 # Closing the file also discards the pixels of `img` itself, so keep an independent copy.
                 return upright.copy() if upright is img else upright
     except DataError:
         raise
     except Exception as exc:  # any decoder failure means a bad file, reported as such
-        raise _decode_failure(path, exc) from exc
+        raise _decode_failure(path, exc) from None
+
+
+def _open_decoded(path: Path, max_pixels: int = _MAX_PIXELS) -> Image.Image:
+    """Read a file once and fully decode it (see `_decode_bytes`)."""
+    return _decode_bytes(_read_regular_file(path), path, max_pixels)
+
+
+def _pixel_cap(max_megapixels: float | None) -> int:
+    """The per-image pixel cap in pixels (MAX_MEGAPIXELS when None), validated."""
+    if max_megapixels is None:
+        return _MAX_PIXELS
+    if isinstance(max_megapixels, bool) or not isinstance(max_megapixels, int | float) or not max_megapixels > 0:
+        raise ParameterError(f"max_megapixels must be a number > 0, got {max_megapixels!r}")
+    return int(float(max_megapixels) * 1_000_000)
 
 
 # --- pixel conversions ----------------------------------------------------------------------------------
@@ -250,10 +303,13 @@ def _pil_to_rgb(img: Image.Image, name: object) -> np.ndarray:
         raise CorruptImageError(f"{name} has image mode {mode!r}, which cannot be converted to RGB") from exc
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB, the one pixel format the rest of normalcy expects."""
+def read_image(path: PathLike, max_megapixels: float | None = None) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB, the one pixel format the rest of normalcy expects.
+
+    `max_megapixels` caps width x height before decoding (default MAX_MEGAPIXELS).
+    """
     full = _full(path)
-    return _pil_to_rgb(_open_decoded(full), full)
+    return _pil_to_rgb(_open_decoded(full, _pixel_cap(max_megapixels)), full)
 
 
 # --- masks ----------------------------------------------------------------------------------------------
@@ -341,6 +397,7 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
 def _in_memory_to_rgb(img: Image.Image) -> np.ndarray:
     """Convert a PIL image object (maybe not yet decoded) with the same rules as a file."""
     name = getattr(img, "filename", "") or "in-memory PIL image"
+    _check_format(img, name)
     try:
         _check_pixel_count(img.size, name)
         img.load()

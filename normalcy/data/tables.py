@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import math
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from normalcy.errors import DataError, PathNotFoundError, ShapeError
+from normalcy.errors import DataError, NormalcyError, PathNotFoundError, ShapeError, plain_reason
 
 MIN_ROWS = 2
 _TRUE = {"1", "1.0", "true", "yes", "anomaly", "outlier"}
@@ -187,7 +188,7 @@ def _read_npz(path: Path, label_column: str | int | None) -> Table:
             y = data["y"] if "y" in files else None
     except ValueError as exc:  # object arrays need pickle: refused on purpose
         raise DataError(f"{path}: cannot read NPZ without pickle ({exc})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
     if X is None:
         raise DataError(f"{path}: NPZ needs an array named 'X' (found {files})")
@@ -214,7 +215,10 @@ def _read_parquet(path: Path, label_column: str | int | None) -> Table:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid/ArrowIOError for corrupt or truncated files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     columns = []
     for col in table.columns:
         arr = col.to_numpy(zero_copy_only=False)
@@ -235,12 +239,19 @@ def read_table(path: str | Path, label_column: str | int | None = None, header: 
     if not path.exists():
         raise PathNotFoundError(f"table file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".txt"):
-        return _read_csv(path, label_column, header)
-    if suffix == ".npz":
-        return _read_npz(path, label_column)
-    if suffix == ".mat":
-        return _read_mat(path, label_column)
-    if suffix in (".parquet", ".pq"):
-        return _read_parquet(path, label_column)
-    raise DataError(f"{path}: unsupported table format {suffix!r}; use .csv, .npz, .mat or .parquet")
+    readers = {".csv": _read_csv, ".tsv": _read_csv, ".txt": _read_csv, ".npz": _read_npz, ".mat": _read_mat,
+               ".parquet": _read_parquet, ".pq": _read_parquet}
+    if suffix not in readers:
+        raise DataError(f"{path}: unsupported table format {suffix!r}; use .csv, .npz, .mat or .parquet")
+    try:
+        if readers[suffix] is _read_csv:
+            return _read_csv(path, label_column, header)
+        return readers[suffix](path, label_column)
+    except NormalcyError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: too large to read into memory; use a smaller file or fewer rows") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as UTF-8 CSV") from None
+    except Exception as exc:  # any other reader failure is a bad file, reported once, naming it
+        raise DataError(f"{path}: cannot be read as a table ({type(exc).__name__}: {plain_reason(exc)})") from None

@@ -28,13 +28,18 @@ IMAGE_DETECTORS: dict[str, str] = {
     "semisup": "normalcy.detectors.image.semisup:SemiSupervised",
 }
 DETECTORS = IMAGE_DETECTORS  # the image registry under its old name
+TEXT_SERIES_DETECTORS: dict[str, str] = {
+    "text": "normalcy.detectors.text:TextDetector",
+    "series": "normalcy.detectors.series:SeriesDetector",
+}
 
 
 def registry() -> dict[str, str]:
     """Every registered detector of every modality: name -> "module:Class"."""
     from normalcy.detectors.vector import VECTOR_DETECTORS
+    from normalcy.detectors.video import VIDEO_DETECTORS
 
-    return {**IMAGE_DETECTORS, **VECTOR_DETECTORS}
+    return {**IMAGE_DETECTORS, **VECTOR_DETECTORS, **TEXT_SERIES_DETECTORS, **VIDEO_DETECTORS}
 
 
 def detector_class(name: str) -> type:

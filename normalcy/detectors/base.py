@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from normalcy.calibration.conformal import PIXEL_FPR_GRID, Calibration, calibration_folds, check_alpha, pixel_quantiles
+from normalcy.calibration.conformal import PIXEL_FPR_GRID, Calibration, check_alpha, pixel_quantiles
+from normalcy.calibration.fitting import decisions, fit_calibrated, score_items
 from normalcy.detectors.estimator import Estimator
 from normalcy.errors import ParameterError
 
@@ -23,6 +24,8 @@ class ScoreResult:
 
     scores: np.ndarray
     maps: list[np.ndarray] | None = None
+    fold_scores: list[np.ndarray] | None = None  # each kept fold model's scores (cross-conformal calibration)
+    groups: np.ndarray | None = None  # each item's calibration group when found automatically
 
 
 @dataclass
@@ -40,6 +43,17 @@ class Prediction:
     error: str = ""
     explanation: dict[str, Any] | None = field(default=None, repr=False)  # regions + summary (normalcy.explain.summary)
 
+    def __post_init__(self) -> None:
+        if self.status == "error":  # an unreadable input is never graded "normal"
+            self.severity = "error"
+    calibration: str = "conformal"  # "conformal", "transfer" (learned on other data, no guarantee) or "none"
+    p_low: float = float("nan")  # interval for the item's normal tail probability (see calibration.uncertainty)
+    p_high: float = float("nan")
+    decision: str = ""  # "anomalous", "normal" or "uncertain" (the p interval straddles alpha)
+    n_calibration: int = 0  # calibration scores behind the p-value (the item's group's when grouped)
+    group: str | None = None  # calibration group (Mondrian calibration), None when calibrated as one pool
+    calibration_note: str = ""  # e.g. why alpha cannot be reached with this calibration size
+
     @property
     def defect_area(self) -> int:
         """Number of pixels in the calibrated defect mask (0 without a mask)."""
@@ -51,11 +65,17 @@ class Prediction:
             "path": self.path,
             "score": None if not np.isfinite(self.score) else float(self.score),
             "p_value": None if not np.isfinite(self.p_value) else float(self.p_value),
-            "is_anomaly": bool(self.is_anomaly),
-            "severity": self.severity,
+            "is_anomaly": None if self.status == "error" else bool(self.is_anomaly),  # no decision, never "normal"
+            "severity": "error" if self.status == "error" else self.severity,
             "defect_area": self.defect_area,
             "status": self.status,
             "error": self.error,
+            "calibration": self.calibration,
+            "p_interval": None if not np.isfinite(self.p_low) else [float(self.p_low), float(self.p_high)],
+            "decision": self.decision or ("error" if self.status == "error" else ""),
+            "n_calibration": int(self.n_calibration),
+            "group": self.group,
+            "calibration_note": self.calibration_note,
         } | self._explanation_fields()
 
     def _explanation_fields(self) -> dict[str, Any]:
@@ -95,32 +115,21 @@ class Detector(Estimator):
         raise NotImplementedError
 
     # ---- public API -----------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> Self:
-        """Learn what normal looks like from normal data; keeps out-of-sample scores for calibration."""
+    def fit(self, X: Any, y: Any = None, groups: Any = None) -> Self:
+        """Learn what normal looks like from normal data; keeps out-of-sample scores for calibration.
+
+        `groups`: one label per item for group-conditional (Mondrian) calibration, p-values within the item's
+        group, or "auto" to find normal modes by k-means (see normalcy.calibration.groups).
+        """
         items = self._prepare(X)
         n = len(items)
         if n < self.min_fit_items:
             raise ParameterError(
                 f"{type(self).__name__} needs at least {self.min_fit_items} normal items to fit, got {n}"
             )
-        alpha = check_alpha(self.alpha)
-        fraction = float(getattr(self, "calibration_fraction", 0.2))
-        if not 0.0 <= fraction < 1.0:
-            raise ParameterError(f"calibration_fraction must be in [0, 1), got {fraction}")
-        method, folds = calibration_folds(n, fraction, alpha, getattr(self, "seed", 0))
-        cal_scores: list[np.ndarray] = []
-        cal_maps: list[np.ndarray] = []
-        for train_idx, cal_idx in folds:
-            self._fit(take(items, train_idx))
-            result = self._score(take(items, cal_idx))
-            cal_scores.append(result.scores)
-            if result.maps is not None:
-                cal_maps.extend(result.maps)
-        if method != "holdout":
-            self._fit(items)
-        self._set_calibration(method, cal_scores, cal_maps)
+        fit_calibrated(self, items, groups)
         self.n_fit_ = n
-        self._warn_if_alpha_unreachable(alpha)
+        self._warn_if_alpha_unreachable(check_alpha(self.alpha))
         return self
 
     def _warn_if_alpha_unreachable(self, alpha: float) -> None:
@@ -145,18 +154,20 @@ class Detector(Estimator):
     def score(self, X: Any) -> ScoreResult:
         """Raw scores (higher = more anomalous) and, for images, anomaly maps at each image's own size."""
         self.check_fitted()
-        return self._score(self._prepare(X))
+        return score_items(self, self._prepare(X))
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Raw anomaly scores only (PyOD convention: higher = more anomalous)."""
         return self.score(X).scores
 
-    def predict(self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None) -> list[Prediction]:
+    def predict(self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None,
+                groups: Any = None) -> list[Prediction]:
         """Calibrated decisions: score, conformal p-value, is_anomaly at `alpha`, severity, map and mask."""
         self.check_fitted()
         result = self.score(X)
         paths = self._item_paths(X, len(result.scores))
-        return self.decide(result, alpha=alpha, pixel_fpr=pixel_fpr, paths=paths)
+        kw = {} if groups is None else {"groups": groups}  # overrides of decide may not take groups
+        return self.decide(result, alpha=alpha, pixel_fpr=pixel_fpr, paths=paths, **kw)
 
     def decide(
         self,
@@ -164,14 +175,15 @@ class Detector(Estimator):
         alpha: float | None = None,
         pixel_fpr: float | None = None,
         paths: list[str | None] | None = None,
+        groups: Any = None,
     ) -> list[Prediction]:
-        """Turn raw scores (and maps) into calibrated Predictions without rescoring."""
+        """Turn raw scores (and maps) into calibrated Predictions without rescoring (`groups`: one label per item)."""
         alpha = check_alpha(self.alpha if alpha is None else alpha)
         pixel_fpr = check_alpha(getattr(self, "pixel_fpr", 0.001) if pixel_fpr is None else pixel_fpr)
         cal: Calibration = self.calibration_
         scores = np.asarray(result.scores, dtype=np.float64)
-        p = cal.p_values(scores)
-        grades = cal.severity(scores, alpha)
+        d = decisions(cal, result, alpha, groups)
+        p, grades = d.p, d.grades
         pix_t = cal.pixel_threshold(pixel_fpr) if result.maps is not None else None
         out = []
         for i, s in enumerate(scores):
@@ -184,6 +196,9 @@ class Detector(Estimator):
                 Prediction(
                     score=float(s), p_value=float(p[i]), is_anomaly=flagged, severity=grades[i],
                     anomaly_map=amap, mask=mask, path=paths[i] if paths else None,
+                    calibration="conformal" if cal.n else "none", p_low=float(d.low[i]), p_high=float(d.high[i]),
+                    decision=d.status[i], n_calibration=int(d.n_cal[i]),
+                    group=None if d.groups is None else str(d.groups[i]), calibration_note=d.notes[i],
                 )
             )
         return out

@@ -110,7 +110,7 @@ class SeriesDetector(Detector):
         detector: str = "knn",
         detector_params: dict[str, Any] | None = None,
         reduce: str = "max",
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

@@ -176,7 +176,7 @@ class TextDetector(Detector):
         detector: str = "knn",
         detector_params: dict[str, Any] | None = None,
         batch_size: int = 64,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

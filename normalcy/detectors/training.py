@@ -1,7 +1,7 @@
 """The one training loop every trained detector uses (plain torch, any modality), plus its small helpers.
 
 `train` runs seeded mini-batch epochs with Adam and a cosine learning-rate schedule, stops on an epoch count, a
-wall-clock budget (`max_seconds`) or early stopping on held-out normal data, shows a tqdm bar with the loss,
+wall-clock budget (`max_seconds`) or early stopping on held-out normal data, shows a progress bar with the loss,
 keeps the best state on Ctrl-C, and turns a non-finite loss into a `TrainingError` after restoring the last good
 state. Detectors describe *what* to learn (a module and a loss); this module decides *how* it is trained.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from normalcy.data.progress import progress_bar
 from normalcy.errors import ParameterError, TrainingError
 
 Batch = tuple[torch.Tensor, ...]
@@ -156,7 +156,7 @@ def train(
         gen = torch.Generator().manual_seed(int(seed))
         opt = Adam(groups, lr=lr, weight_decay=weight_decay)
         base_lrs = [g["lr"] for g in opt.param_groups]
-        bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
+        bar = progress_bar(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
         try:
             for epoch in range(epochs):
                 model.train()

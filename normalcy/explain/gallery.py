@@ -134,7 +134,7 @@ class DefectGallery:
             return preds
         infos = []
         for feats, placements, valid in detector.iter_features([items[i] for i in todo], "gallery"):
-            infos += [ImageFeatures(feats[j], placements[j], valid[j], int(detector.image_size))
+            infos += [ImageFeatures(feats[j], placements[j], valid[j], detector.canvas)
                       for j in range(len(placements))]
         for i, info in zip(todo, infos):
             pred = preds[i]

@@ -8,10 +8,13 @@ and the structured explanation it was given is left as it was.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,26 +68,46 @@ class Narrator:
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
     def narrate(self, image: Any, overlay: Any, explanation: dict[str, Any]) -> dict[str, Any]:
-        """{"model", "reply", "error", "elapsed_s"}: the reply text, or the reason there is none."""
-        import httpx
+        """{"model", "reply", "error", "elapsed_s"}: the reply text, or the reason there is none.
 
-        body = {"model": self.model, "messages": self.messages(image, overlay, explanation),
-                "max_tokens": self.max_tokens, "temperature": 0}
-        headers = {"Authorization": f"Bearer {os.environ[KEY_ENV]}"} if os.environ.get(KEY_ENV) else {}
+        Uses only the standard library (urllib), so it works on a default install without httpx.
+        """
         out: dict[str, Any] = {"model": self.model, "reply": None, "error": ""}
         start = time.perf_counter()
         try:
-            resp = httpx.post(self.url.rstrip("/") + "/chat/completions", json=body, headers=headers,
-                              timeout=self.timeout)
-            if resp.status_code != 200:
-                out["error"] = f"HTTP {resp.status_code}: {resp.text[:200]}"
-            else:
-                out["reply"] = str(resp.json()["choices"][0]["message"]["content"]).strip()
-        except httpx.TimeoutException:
+            body = {"model": self.model, "messages": self.messages(image, overlay, explanation),
+                    "max_tokens": self.max_tokens, "temperature": 0}
+            out["reply"] = self._post(body)
+        except HttpStatusError as exc:
+            out["error"] = str(exc)
+        except TimeoutError:
             out["error"] = f"timeout after {self.timeout:g} s"
-        except httpx.HTTPError as exc:
-            out["error"] = f"{type(exc).__name__}: {exc}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None)
+            if isinstance(reason, TimeoutError):
+                out["error"] = f"timeout after {self.timeout:g} s"
+            else:
+                out["error"] = f"{type(exc).__name__}: {reason or exc}"
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             out["error"] = f"malformed reply: {type(exc).__name__}: {exc}"
         out["elapsed_s"] = round(time.perf_counter() - start, 3)
         return out
+
+    def _post(self, body: dict[str, Any]) -> str:
+        """POST the chat request and return the reply text (raises on HTTP errors and malformed replies)."""
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get(KEY_ENV):
+            headers["Authorization"] = f"Bearer {os.environ[KEY_ENV]}"
+        req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (http(s) checked above)
+                data = resp.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read()[:200].decode("utf-8", "replace")
+            raise HttpStatusError(f"HTTP {exc.code}: {text}") from None
+        return str(json.loads(data)["choices"][0]["message"]["content"]).strip()
+
+
+class HttpStatusError(Exception):
+    """The narrator endpoint answered with a non-200 status."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from normalcy.errors import ParameterError
-from normalcy.features.preprocess import Placement, restore_maps
+from normalcy.features.preprocess import Placement, canvas_hw, restore_maps
 
 REFERENCES = ("auto", "nearest", "background")
 MIN_CELL_COVER = 0.25  # a feature cell joins a region when at least this fraction of it is covered
@@ -35,7 +35,7 @@ class ImageFeatures:
     feats: torch.Tensor  # C×h×w
     placement: Placement
     valid: torch.Tensor  # h×w bool
-    size: int  # square network input size
+    size: tuple[int, int] | int  # network canvas (height, width); an int is a square
 
 
 def resolve_reference(detector: Any, reference: str = "auto") -> str:
@@ -61,7 +61,7 @@ def scored_features(detector: Any, items: Sequence[Any], alpha: float | None = N
     from normalcy.detectors.image.common import ImageDetector
     from normalcy.explain.summary import attach_all
 
-    size = int(detector.image_size)
+    size = detector.canvas
     items = list(items)
     if type(detector)._score is not ImageDetector._score or getattr(detector, "raw_features", False):
         preds = attach_all(detector.predict(items, alpha=alpha, pixel_fpr=pixel_fpr), detector.calibration_)
@@ -88,7 +88,7 @@ def grid_cover(mask: np.ndarray, info: ImageFeatures) -> torch.Tensor:
     m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
     if (pl.inner_h, pl.inner_w) != m.shape[-2:]:
         m = F.interpolate(m, size=(pl.inner_h, pl.inner_w), mode="area")
-    canvas = torch.zeros(1, 1, info.size, info.size)
+    canvas = torch.zeros(1, 1, *canvas_hw(info.size))
     canvas[..., pl.top : pl.top + pl.inner_h, pl.left : pl.left + pl.inner_w] = m
     return F.adaptive_avg_pool2d(canvas, tuple(info.feats.shape[-2:]))[0, 0] * info.valid
 

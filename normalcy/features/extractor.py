@@ -63,10 +63,11 @@ class PatchFeatureExtractor:
     def backbone_sha256(self) -> str:
         return self.net.weights_sha256
 
-    def grid(self, size: int) -> tuple[int, int]:
-        """Feature grid (h, w) for a square input of `size`."""
+    def grid(self, size: int | tuple[int, int]) -> tuple[int, int]:
+        """Feature grid (h, w) for a square input of side `size`, or a (height, width) canvas."""
         s = self.strides[0]
-        return (-(-size // s), -(-size // s))
+        h, w = (size, size) if isinstance(size, int) else size
+        return (-(-int(h) // s), -(-int(w) // s))
 
     def backbone_only(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The raw stage outputs (for timing the backbone alone)."""

@@ -28,42 +28,71 @@ class Placement:
     inner_w: int
 
 
-def placement_for(height: int, width: int, size: int, mode: str) -> Placement:
+Canvas = int | tuple[int, int]  # a square side, or (height, width)
+
+
+def canvas_hw(size: Canvas) -> tuple[int, int]:
+    """(height, width) of the network canvas: an int means a square."""
+    if isinstance(size, (tuple, list)):
+        h, w = (int(v) for v in size)
+    else:
+        h = w = int(size)
+    if h < 1 or w < 1:
+        raise ParameterError(f"the network canvas must have positive sides, got {size!r}")
+    return h, w
+
+
+def aspect_canvas(aspect: float, size: int, multiple: int = 32) -> tuple[int, int]:
+    """The (height, width) canvas of about size² pixels with height/width ≈ `aspect`, sides multiples of `multiple`.
+
+    Fitting every image to the typical aspect of its dataset keeps thin structures in proportion (a 640×250 part
+    squashed to 256×256 shrinks 2.5× along one axis only) at the cost of a square canvas of the same area.
+    """
+    if not aspect > 0:
+        raise ParameterError(f"aspect ratio must be > 0, got {aspect}")
+    side = lambda v: max(multiple, int(round(v / multiple)) * multiple)  # noqa: E731
+    return side(size * aspect**0.5), side(size / aspect**0.5)
+
+
+def placement_for(height: int, width: int, size: Canvas, mode: str) -> Placement:
     """Stretch fills the canvas; pad keeps the aspect ratio and centres the image (edges replicated)."""
+    ch, cw = canvas_hw(size)
     if mode == "stretch":
-        return Placement(height, width, 0, 0, size, size)
+        return Placement(height, width, 0, 0, ch, cw)
     if mode == "pad":
-        scale = size / max(height, width)
-        ih, iw = max(1, round(height * scale)), max(1, round(width * scale))
-        return Placement(height, width, (size - ih) // 2, (size - iw) // 2, ih, iw)
+        scale = min(ch / height, cw / width)
+        ih, iw = max(1, min(ch, round(height * scale))), max(1, min(cw, round(width * scale)))
+        return Placement(height, width, (ch - ih) // 2, (cw - iw) // 2, ih, iw)
     raise ParameterError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
 
 
-def prepare_batch(images: Sequence[np.ndarray], size: int, mode: str = "stretch") -> tuple[torch.Tensor, list]:
-    """H×W×3 uint8 arrays → B×3×size×size float tensor in [0, 1] plus each image's Placement."""
-    out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
+def prepare_batch(images: Sequence[np.ndarray], size: Canvas, mode: str = "stretch") -> tuple[torch.Tensor, list]:
+    """H×W×3 uint8 arrays → B×3×h×w float tensor in [0, 1] on the canvas `size`, plus each image's Placement."""
+    ch, cw = canvas_hw(size)
+    out = torch.empty((len(images), 3, ch, cw), dtype=torch.float32)
     placements = []
     for i, img in enumerate(images):
         h, w = img.shape[:2]
-        pl = placement_for(h, w, size, mode)
+        pl = placement_for(h, w, (ch, cw), mode)
         if (h, w) != (pl.inner_h, pl.inner_w):  # PIL's antialiased bilinear resize on uint8 is fast and exact
             img = np.array(Image.fromarray(img).resize((pl.inner_w, pl.inner_h), Image.Resampling.BILINEAR))
         if not img.flags.writeable:
             img = img.copy()
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
         if mode == "pad":
-            pads = (pl.left, size - pl.left - pl.inner_w, pl.top, size - pl.top - pl.inner_h)
+            pads = (pl.left, cw - pl.left - pl.inner_w, pl.top, ch - pl.top - pl.inner_h)
             t = F.pad(t, pads, mode="replicate")
         out[i] = t[0].clamp_(0.0, 1.0)
         placements.append(pl)
     return out, placements
 
 
-def valid_grid(placements: Sequence[Placement], size: int, grid: tuple[int, int]) -> torch.Tensor:
+def valid_grid(placements: Sequence[Placement], size: Canvas, grid: tuple[int, int]) -> torch.Tensor:
     """B×h×w bool: which feature cells have their centre on the image (not on padding)."""
+    ch, cw = canvas_hw(size)
     gh, gw = grid
-    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) * (size / gh)
-    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) * (size / gw)
+    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) * (ch / gh)
+    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) * (cw / gw)
     masks = []
     for pl in placements:
         my = (ys >= pl.top) & (ys < pl.top + pl.inner_h)
@@ -93,10 +122,10 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def restore_maps(
-    maps: torch.Tensor, placements: Sequence[Placement], size: int, sigma: float = 4.0
+    maps: torch.Tensor, placements: Sequence[Placement], size: Canvas, sigma: float = 4.0
 ) -> list[np.ndarray]:
     """Feature-grid maps (B×h×w) → smoothed maps at each image's own size (float32 H×W arrays)."""
-    up = F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    up = F.interpolate(maps[:, None].float(), size=canvas_hw(size), mode="bilinear", align_corners=False)[:, 0]
     up = gaussian_blur(up, sigma)
     out = []
     for m, pl in zip(up, placements):

@@ -48,7 +48,8 @@ def score_cached(det: Any, cache: list) -> ScoreResult:
     for feats, placements, valid in cache:
         s, m = det._score_features(feats, valid)
         scores.append(s.double().numpy())
-        maps.extend(restore_maps(m, placements, int(det.image_size), float(det.sigma)))
+        maps.extend(det.restore(m, placements) if hasattr(det, "restore")
+                    else restore_maps(m, placements, int(det.image_size), float(det.sigma)))
     return ScoreResult(np.concatenate(scores), maps)
 
 
@@ -96,8 +97,10 @@ def run_shots(category: Path, name: str, params: dict[str, Any], shots: Sequence
     probe = create_detector(name, **params)
     probe.progress = False
     from normalcy.detectors.image.common import ImageDetector
+    from normalcy.detectors.image.fewshot import FewShot
 
-    cached_ok = type(probe)._score is ImageDetector._score and hasattr(probe, "_score_features")
+    plain = (ImageDetector._score, FewShot._score)
+    cached_ok = any(type(probe)._score is f for f in plain) and hasattr(probe, "_score_features")
     cache = list(probe.iter_features(test, "test features")) if cached_ok else None
     masks = None
     rows: list[dict[str, Any]] = []
@@ -131,9 +134,9 @@ def run_zero_shot(category: Path, name: str, params: dict[str, Any], timing_imag
     """Score the whole test set as one unlabeled batch; time the cost per image at several chunk sizes."""
     _, test = load_mvtec(category)
     det = create_detector(name, **params).fit()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = det.score(test)
-    total_s = time.perf_counter() - t0
+    total_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     det.progress = False
     by_chunk = {}
     sub = test[:: max(1, len(test) // max(timing_images, 2))][: max(timing_images, 2)]
@@ -147,6 +150,7 @@ def run_zero_shot(category: Path, name: str, params: dict[str, Any], timing_imag
     row = result_row(category, name, det, test, result, masks_for(test, result.maps), 0.0, 0,
                      (1000 * total_s / len(test), statistics.median(backbone)))
     row.update(shots=0, seed=det.seed, chunk_size=det.chunk_size, ms_per_image_by_chunk=by_chunk,
+               cpu_ms_per_image=1000 * cpu_s / len(test), anomalous_share=getattr(det, "anomalous_share_", None),
                timing_note="predict_ms_median = whole-batch scoring time / n_test (batch scoring, not batch 1)")
     echo(format_table([row]) + f"\n[bench] {name} ms/image by chunk size: {by_chunk}")
     return [row]
@@ -156,7 +160,7 @@ def _backbone_ms(det: Any, sample: Any) -> float:
     from normalcy.data import as_rgb_array
     from normalcy.features.preprocess import prepare_batch
 
-    x, _ = prepare_batch([as_rgb_array(sample.path)], int(det.image_size), det.resize_mode)
+    x, _ = prepare_batch([as_rgb_array(sample.path)], det.canvas, det.input_mode)
     t0 = time.perf_counter()
     det.extractor.backbone_only(x)
     return 1000 * (time.perf_counter() - t0)

@@ -53,7 +53,7 @@ def time_per_image(det: Any, samples: Sequence, n: int) -> tuple[float, float]:
         det.predict([s.path])
         e2e.append(time.perf_counter() - t0)
         if getattr(det, "kind", "") == "image":
-            x, _ = prepare_batch([as_rgb_array(s.path)], int(det.image_size), det.resize_mode)
+            x, _ = prepare_batch([as_rgb_array(s.path)], det.canvas, det.input_mode)
             t0 = time.perf_counter()
             det.extractor.backbone_only(x)
             bb.append(time.perf_counter() - t0)
@@ -73,8 +73,12 @@ def calibration_rates(det: Any, result: Any, labels: np.ndarray) -> dict[str, di
     return out
 
 
-def evaluate(category: Path, detector: str, params: dict[str, Any], timing_images: int = 20) -> dict[str, Any]:
-    """Fit one detector on one category's train/good and evaluate it on test/: one result row."""
+def evaluate(category: Path, detector: str, params: dict[str, Any], timing_images: int = 20,
+             report: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Fit one detector on one category's train/good and evaluate it on test/: one result row.
+
+    With `report` (a list), also append what the HTML report shows for this run (normalcy.apps.bench.report).
+    """
     train, test = load_mvtec(category)
     det = create_detector(detector, **params)
     gc.collect()
@@ -82,6 +86,10 @@ def evaluate(category: Path, detector: str, params: dict[str, Any], timing_image
     det.fit(train)
     fit_s = time.perf_counter() - t0
     result = det.score(test)
+    if report is not None:
+        from normalcy.apps.bench.report import collect
+
+        report.append(collect(det, category.name, detector, test, result))
     labels = np.array([s.label for s in test])
     row: dict[str, Any] = {
         "category": category.name,
@@ -118,42 +126,100 @@ def evaluate(category: Path, detector: str, params: dict[str, Any], timing_image
     return row
 
 
+# The printed table: (header, row key or calibration "fpr@0.01"-style key, format). It fits a 100-column terminal
+# for category names up to ~25 characters and shows rates at the default alpha (0.05); every figure (F1-max, rates
+# at 0.01, ...) is in --json.
+COMPACT_COLUMNS = (
+    ("category", "category", "s"), ("detector", "detector", "s"), ("shots", "shots", "d"),
+    ("AUROC", "image_auroc", ".4f"), ("AP", "image_ap", ".4f"), ("pxAUROC", "pixel_auroc", ".4f"),
+    ("AUPRO", "aupro", ".4f"), ("FPR@.05", "fpr@0.05", ".4f"), ("TPR@.05", "tpr@0.05", ".4f"),
+    ("fit s", "fit_s", ".1f"), ("ms/img", "predict_ms_median", ".1f"),
+)
+
+
+def _cell(row: dict[str, Any], key: str) -> Any:
+    if "@" in key:
+        rate, alpha = key.split("@")
+        return row.get("calibration", {}).get(alpha, {}).get(rate)
+    return row.get(key)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table of the headline figures."""
-    head = [c.replace("_median", "") for c in TABLE_COLUMNS] + ["fpr@.01", "tpr@.01", "fpr@.05", "tpr@.05"]
-    lines = [" | ".join(f"{h:>11}" for h in head)]
+    """A compact text table of the headline figures: names never cut, columns no row has are left out."""
+    cols = [c for c in COMPACT_COLUMNS if any(_cell(r, c[1]) is not None for r in rows)]
+    texts = []
     for r in rows:
-        cells = []
-        for c in TABLE_COLUMNS:
-            v = r.get(c)
-            cells.append(f"{v:>11.4f}" if isinstance(v, float) else f"{str(v)[:11]:>11}")
+        line = []
+        for _, key, fmt in cols:
+            v = _cell(r, key)
+            if v is None or (isinstance(v, float) and v != v):
+                line.append("n/a")
+            elif fmt == "s":
+                line.append(str(v))
+            else:
+                line.append(format(v, fmt))
+        texts.append(line)
+    widths = [max([len(h)] + [len(line[i]) for line in texts]) for i, (h, _, _) in enumerate(cols)]
+    def fmt_line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if spec[2] == "s" else c.rjust(w)
+                         for c, w, spec in zip(cells, widths, cols)).rstrip()
+    return "\n".join([fmt_line([h for h, _, _ in cols])] + [fmt_line(line) for line in texts])
+
+
+def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One "mean" row per detector over its rows (the headline figures averaged over sets, unweighted)."""
+    out = []
+    for name in dict.fromkeys(r["detector"] for r in rows):
+        mine = [r for r in rows if r["detector"] == name]
+        row: dict[str, Any] = {"category": "mean", "detector": name}
+        for c in TABLE_COLUMNS[2:]:
+            vals = [r.get(c) for r in mine]
+            row[c] = float(np.mean(vals)) if all(isinstance(v, (float, int)) for v in vals) else float("nan")
+        cal = {}
         for a in ("0.01", "0.05"):
-            cal = r.get("calibration", {}).get(a, {})
-            cells += [f"{cal.get('fpr', float('nan')):>11.4f}", f"{cal.get('tpr', float('nan')):>11.4f}"]
-        lines.append(" | ".join(cells))
-    return "\n".join(lines)
+            cal[a] = {k: float(np.mean([r.get("calibration", {}).get(a, {}).get(k, float("nan")) for r in mine]))
+                      for k in ("fpr", "tpr")}
+        row["calibration"] = cal
+        out.append(row)
+    return out
 
 
 def run_image_bench(
-    root: str | Path,
+    root: str | Path | Sequence[str | Path],
     detectors: Sequence[str] = ("patchcore",),
     params: dict[str, Any] | None = None,
     json_path: str | Path | None = None,
     timing_images: int = 20,
     echo: Any = print,
+    report_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate each detector on each category under `root`; print a table and optionally write JSON."""
-    rows = []
-    for category in find_categories(root):
-        for name in detectors:
-            echo(f"[bench] {category.name}: {name} …")
-            rows.append(evaluate(category, name, dict(params or {}), timing_images))
-            echo(format_table(rows[-1:]))
+    """Evaluate each detector on each category under one root or several; print a table and optionally write JSON
+    and a self-contained HTML report (`report_path`, see normalcy.apps.bench.report).
+
+    With more than one category, the summary ends with the mean over them per detector (defaults are chosen on
+    that mean, never on one set).
+    """
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    rows: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] | None = [] if report_path is not None else None
+    for r in roots:
+        for category in find_categories(r):
+            for name in detectors:
+                echo(f"[bench] {category.name}: {name} …")
+                rows.append(evaluate(category, name, dict(params or {}), timing_images, report=details))
+                echo(format_table(rows[-1:]))
+    means = mean_rows(rows) if len(rows) > len(detectors) else []
     if len(rows) > 1:
-        echo("\nsummary\n" + format_table(rows))
+        echo("\nsummary\n" + format_table(rows + means))
     if json_path is not None:
-        Path(json_path).write_text(json.dumps({"results": json_ready(rows)}, indent=2, allow_nan=False))
+        payload = {"results": json_ready(rows), **({"mean": json_ready(means)} if means else {})}
+        Path(json_path).write_text(json.dumps(payload, indent=2, allow_nan=False))
         echo(f"[bench] wrote {json_path}")
+    if report_path is not None:
+        from normalcy.apps.bench.report import write_report
+
+        source = ", ".join(str(r) for r in roots)
+        echo(f"[bench] wrote {write_report(report_path, rows + means, details or [], source)}")
     return rows
 
 

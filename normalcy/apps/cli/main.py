@@ -33,22 +33,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and the usual fix."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = {13: "; check the folder's permissions or choose another -o", 28: "; free some disk space",
+            21: "; give a file name, not a folder", 20: "; a path component is a file, not a folder",
+            2: "; check the path", 17: "; a file is in the way of a folder of that name"}.get(exc.errno or 0, "")
+    return f"{where}{what}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; typed errors print one line and exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench-vector":
-        from normalcy.apps.bench.vector import main as vector_main
-
-        return vector_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if argv and argv[0] == "bench-vector":
+            from normalcy.apps.bench.vector import main as vector_main
+
+            return vector_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         return _module(args.command).run(args)
     except NormalcyError as exc:
         print(f"normalcy: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a file the command had to read or write: full disk, no permission, a folder in the way
+        print(f"normalcy: error: {os_error_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("normalcy: interrupted", file=sys.stderr)

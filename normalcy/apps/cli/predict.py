@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from normalcy.apps.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_explain_options, explain_args
+from normalcy.apps.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_explain_options,
+    ensure_writable,
+    explain_args,
+)
+
+MAX_LISTED_FAILURES = 10  # failed inputs printed one per line; the rest are counted (all are in results.csv)
 
 
 def add_parser(sub: Any) -> None:
@@ -17,6 +27,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--alpha", type=float, help="target false-alarm rate (default: the model's)")
     p.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate of the defect mask (default 0.001)")
     p.add_argument("--no-images", action="store_true", help="do not write overlay and mask PNGs")
+    p.add_argument("--max-megapixels", type=float, default=40.0,
+                   help="largest image read, in megapixels; larger ones become error rows (default 40)")
+    p.add_argument("--batch-megapixels", type=float, default=160.0,
+                   help="decoded megapixels held at once per batch, bounding memory (default 160)")
     add_explain_options(p)
     p.add_argument("--engine", choices=("local", "dask"), default="local",
                    help="where to score: this process, or a Dask cluster (needs normalcy[dask]; docs/scale.md)")
@@ -29,21 +43,63 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normalcy.apps.results import predict_to_folder
+    from normalcy.apps.results import check_inputs, predict_to_folder
 
+    check_inputs(args.inputs)  # '' would mean the current folder: refused before anything is created
+    ensure_writable(args.out, folder=True)
     if args.engine == "dask":
         return run_on_dask(args)
     model: Any = args.model
+    if Path(args.model).suffix.lower() != ".onnx":
+        from normalcy.apps.cli.modalities import is_modality_model, predict_rows, write_results
+        from normalcy.store import load
+
+        model = load(args.model)
+        if getattr(model, "kind", "") == "video":  # per-frame rows + segment strips: normalcy/apps/cli/video.py
+            from normalcy.apps.cli.video import predict_video
+
+            return predict_video(model, args)
+        if is_modality_model(model):  # tables, texts, series: one row per input row / line / timestamp
+            n_rows, n_failed = write_results(predict_rows(model, args.inputs, alpha=args.alpha), Path(args.out))
+            report_run(Path(args.out), n_rows, n_failed)
+            return EXIT_SOME_FAILED if n_failed else EXIT_OK
     if Path(args.model).suffix.lower() == ".onnx":
         from normalcy.apps.export import load_onnx
 
         model = load_onnx(args.model, threads=args.threads)
     n_rows, n_failed = predict_to_folder(
         model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
-        write_images=not args.no_images, **explain_args(args),
+        write_images=not args.no_images, max_megapixels=args.max_megapixels,
+        batch_megapixels=args.batch_megapixels, **explain_args(args),
     )
-    print(f"{n_rows} rows written to {args.out}/results.csv and results.jsonl ({n_failed} failed)")
+    report_run(Path(args.out), n_rows, n_failed)
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def report_run(out: Path, n_rows: int, n_failed: int, max_listed: int = MAX_LISTED_FAILURES) -> None:
+    """Each failed input and its reason on stderr (at most `max_listed`, then a count), then one summary line.
+
+    Reads back the rows results.py wrote, so the console says exactly what results.csv/results.jsonl say.
+    """
+    failed: list[tuple[str, str]] = []
+    n_flagged = 0
+    rows_file = out / "results.jsonl"
+    for line in rows_file.read_text().splitlines() if rows_file.is_file() else []:
+        row = json.loads(line)
+        if row.get("status") == "error":
+            failed.append((row.get("path", "?"), row.get("error") or "unknown error"))
+        elif row.get("is_anomaly") is True:
+            n_flagged += 1
+    for path, reason in failed[:max_listed]:
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    if len(failed) > max_listed:
+        print(f"... and {len(failed) - max_listed} more failed inputs (status=error rows in {out / 'results.csv'})",
+              file=sys.stderr)
+    n_scored = n_rows - n_failed
+    where = f"{out / 'results.csv'} and {out / 'results.jsonl'}"
+    if (out / "overlays").is_dir():
+        where += f", overlays in {out / 'overlays'}"
+    print(f"{n_scored} scored, {n_flagged} flagged, {n_failed} failed; results in {where}")
 
 
 def run_on_dask(args: argparse.Namespace) -> int:
@@ -60,5 +116,5 @@ def run_on_dask(args: argparse.Namespace) -> int:
         write_images=not args.no_images, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
         connect_timeout=args.connect_timeout,
     )
-    print(f"{n_rows} rows written to {args.out}/results.csv and results.jsonl ({n_failed} failed)")
+    report_run(Path(args.out), n_rows, n_failed)
     return EXIT_SOME_FAILED if n_failed else EXIT_OK

@@ -21,6 +21,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-megapixels", type=float, default=40, help="megapixels per image (default 40)")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting before 503 (default 16)")
     p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--db", default=None, help="keep every decision: a SQLite file (created on first start, e.g. "
+                   "inspections.sqlite) or a URL, e.g. postgresql+psycopg://user:pw@host/db (see docs/serve.md)")
+    p.add_argument("--history-dir", default=None, help="folder for thumbnails, masks and the spool "
+                   "(default: <db file>.files beside a SQLite file, ./normalcy-history-files for a URL)")
+    p.add_argument("--keep-images", action="store_true", help="with --db: keep every uploaded image as a file "
+                   "too, so `normalcy fit --from-db` can train on the ones people confirmed")
+    p.add_argument("--drift-budget", type=float, default=0.01, help="chance of ever raising a false drift alarm "
+                   "(default 0.01)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         model_path=Path(args.model), max_files=args.max_files, max_file_bytes=int(args.max_file_mb * mib),
         max_request_bytes=int(args.max_request_mb * mib), max_pixels=int(args.max_megapixels * 1e6),
-        queue_size=args.queue_size, workers=args.workers,
+        queue_size=args.queue_size, workers=args.workers, db=args.db,
+        history_dir=Path(args.history_dir) if args.history_dir else None, drift_budget=args.drift_budget,
+        keep_images=args.keep_images,
     )
     return serve_run(settings, host=args.host, port=args.port)

@@ -30,6 +30,40 @@ def _as_float_tensor(array) -> Tensor:
     return torch.from_numpy(np.array(array, dtype=np.float32))
 
 
+def _standardize(graph: nn.Module, detector) -> None:
+    """Register patchcore's per-channel standardization (`standardize=True`) so the graph applies it too."""
+    stats = getattr(detector, "_stats", None)
+    graph.standardized = stats is not None
+    if stats is not None:
+        graph.register_buffer("feat_mean", stats.mean.float().clone().view(1, -1, 1, 1))
+        graph.register_buffer("feat_scale", stats.scale.float().clone().view(1, -1, 1, 1))
+
+
+def _positional(graph: nn.Module, detector) -> None:
+    """Register patchcore's per-position Gaussian and fusion norms (`positional=True`) so the graph fuses too."""
+    fusion = getattr(detector, "_fusion", None)
+    graph.positional = fusion is not None
+    if fusion is not None:
+        chans, mean, precision = detector._position
+        graph.register_buffer("pos_channels", chans.clone())
+        graph.register_buffer("pos_mean", mean.float().clone())
+        graph.register_buffer("pos_precision", precision.float().clone())
+        graph.register_buffer("fusion_norms", fusion.float().clone())
+
+
+def _fused(graph: nn.Module, feats: Tensor, maps: Tensor) -> Tensor:
+    """Patchcore's fused map, as in its `_score_features`: z(NN distance) + z(per-position Mahalanobis).
+
+    `feats` are the (standardized) grid features the NN search used; the Gaussians were fitted on the same."""
+    if not graph.positional:
+        return maps
+    f = feats[:, graph.pos_channels].flatten(2).permute(0, 2, 1)  # B×P×C
+    dp = (f - graph.pos_mean[None]).transpose(0, 1)
+    pos = (torch.bmm(dp, graph.pos_precision) * dp).sum(-1).transpose(0, 1).clamp(min=0).sqrt().reshape(maps.shape)
+    n = graph.fusion_norms
+    return (maps - n[0]) / n[1] + (pos - n[2]) / n[3]
+
+
 class PatchCoreGraph(nn.Module):
     """Exact nearest-neighbour distance of every patch to the memory bank, ‖a‖² − 2ab + ‖b‖², min, sqrt."""
 
@@ -37,6 +71,8 @@ class PatchCoreGraph(nn.Module):
         super().__init__()
         self.extractor = detector.extractor
         self.net = detector.extractor.net  # registered so the backbone weights become named initializers
+        _standardize(self, detector)
+        _positional(self, detector)
         rows, dim = detector.memory_bank_.shape
         if rows * dim * 4 > MAX_BYTES:  # refuse before reading a (possibly memory-mapped) bank into memory
             raise ParameterError(f"patchcore's memory bank ({rows}×{dim}) is larger than one ONNX file can hold "
@@ -49,17 +85,70 @@ class PatchCoreGraph(nn.Module):
             self.register_buffer(f"bank_sq_{self.n_chunks}", chunk.pow(2).sum(1))
             self.n_chunks += 1
 
-    def forward(self, image: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    def queries(self, image: Tensor) -> tuple[Tensor, int, int, Tensor]:
+        """Patch features of the batch as B×P×C queries (standardized like the torch model's), and the grid."""
         feats = self.extractor(image)
+        if self.standardized:
+            feats = (feats - self.feat_mean) / self.feat_scale
         h, w = feats.shape[-2:]
-        q = feats.flatten(2).transpose(1, 2)  # B×P×C
+        return feats.flatten(2).transpose(1, 2), h, w, feats
+
+    def forward(self, image: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        q, h, w, raw = self.queries(image)
         q_sq = q.pow(2).sum(-1, keepdim=True)
         best = None
         for i in range(self.n_chunks):
             bank, bank_sq = getattr(self, f"bank_{i}"), getattr(self, f"bank_sq_{i}")
             d2 = torch.matmul(q, bank.T).mul(-2.0).add(bank_sq).add(q_sq).amin(-1)
             best = d2 if best is None else torch.minimum(best, d2)
-        maps = best.clamp(min=0).sqrt().reshape(-1, h, w)
+        maps = _fused(self, raw, best.clamp(min=0).sqrt().reshape(-1, h, w))
+        return masked_max(maps, valid), maps
+
+
+class PatchCoreIVFGraph(PatchCoreGraph):
+    """The torch model's own IVF search, in the graph: each patch is compared with the entries of its `n_probe`
+    nearest k-means lists only (same centroids, same lists, same probes), so the ONNX model finds the same
+    neighbours as the torch model and costs about n_probe·list_size distances per patch instead of the bank size.
+
+    `forward` states the computation in torch; the export writes it as one ONNX Loop over the lists
+    (normalcy/apps/export/ivf.py) instead of tracing this Python loop, which would unroll into thousands of nodes
+    and make loading the file slow. Largest intermediate: patches-probing-one-list × list rows.
+    """
+
+    def __init__(self, detector) -> None:
+        nn.Module.__init__(self)
+        index = detector._index
+        self.extractor = detector.extractor
+        self.net = detector.extractor.net
+        _standardize(self, detector)
+        _positional(self, detector)
+        self.n_probe = min(int(index.n_probe), int(index.centroids.shape[0]))
+        self.register_buffer("centroids", index.centroids.float().clone())
+        self.register_buffer("centroid_sq", index.centroids.float().pow(2).sum(1))
+        bank = _as_float_tensor(index.sorted_bank)
+        starts = [int(s) for s in index.starts.tolist()]
+        self.lists: list[int] = []  # ids of the non-empty lists, each with its rows as one buffer
+        for lst in range(len(starts) - 1):
+            s, e = starts[lst], starts[lst + 1]
+            if e > s:
+                rows = bank[s:e].contiguous()
+                self.register_buffer(f"list_{lst}", rows)
+                self.register_buffer(f"list_sq_{lst}", rows.pow(2).sum(1))
+                self.lists.append(lst)
+
+    def forward(self, image: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        q3, h, w, raw = self.queries(image)
+        q = q3.reshape(-1, q3.shape[-1])  # (B·P)×C
+        q_sq = q.pow(2).sum(1)
+        d2c = torch.matmul(q, self.centroids.T).mul(-2.0).add(self.centroid_sq).add(q_sq[:, None])
+        probes = torch.topk(d2c, self.n_probe, dim=1, largest=False).indices  # (B·P)×n_probe list ids
+        best = torch.full_like(q_sq, float("inf"))
+        for lst in self.lists:
+            rows, rows_sq = getattr(self, f"list_{lst}"), getattr(self, f"list_sq_{lst}")
+            who = torch.nonzero((probes == lst).sum(1) > 0)[:, 0]
+            d2 = torch.matmul(q[who], rows.T).mul(-2.0).add(rows_sq).add(q_sq[who][:, None]).amin(1)
+            best = best.index_put((who,), torch.minimum(best[who], d2))
+        maps = _fused(self, raw, best.clamp(min=0).sqrt().reshape(-1, h, w))
         return masked_max(maps, valid), maps
 
 
@@ -124,9 +213,19 @@ def check_exportable(detector) -> None:
 def build_graph(detector) -> nn.Module:
     """The scoring module of a fitted, exportable detector (eval mode)."""
     check_exportable(detector)
+    if detector.name == "patchcore" and search_mode(detector) == "ivf":
+        return PatchCoreIVFGraph(detector).eval()
     if detector.name == "patchcore" and getattr(detector, "_index", None) is not None:
-        warnings.warn(f"this PatchCore searches its bank approximately (search={detector.search!r}); the ONNX graph "
+        warnings.warn(f"this PatchCore searches its bank with faiss (search={detector.search!r}); the ONNX graph "
                       "searches it exactly, so its scores can be slightly lower (never higher) than the torch "
                       "model's", UserWarning, stacklevel=3)
     graph = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph, "gaussian": GaussianGraph}[detector.name]
     return graph(detector).eval()
+
+
+def search_mode(detector) -> str:
+    """How the exported patchcore graph searches: "ivf" (the torch model's own IVF index, same neighbours) or
+    "exact" (every bank row: exact torch search, or faiss indexes, which the graph cannot reproduce)."""
+    from normalcy.detectors.image.search import IVFIndex
+
+    return "ivf" if isinstance(getattr(detector, "_index", None), IVFIndex) else "exact"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normalcy.apps.export.graph import MAX_BYTES, build_graph
+from normalcy.apps.export.graph import MAX_BYTES, PatchCoreIVFGraph, build_graph
 from normalcy.data.files import atomic_path
 from normalcy.errors import MissingDependencyError, ParameterError
 
@@ -57,6 +57,7 @@ def onnx_metadata(detector: Any, grid: tuple[int, int], outputs: list[str]) -> d
         "params": {k: _jsonable(v) for k, v in detector.get_params().items()},
         "image_size": int(detector.image_size),
         "resize_mode": detector.resize_mode,
+        "canvas": list(detector.canvas),
         "sigma": float(detector.sigma),
         "grid": list(grid),
         "inputs": {"image": "N×3×S×S float32 RGB in [0, 1]",
@@ -70,13 +71,16 @@ def onnx_metadata(detector: Any, grid: tuple[int, int], outputs: list[str]) -> d
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if detector.name == "patchcore":
-        meta["search"] = "exact"  # whatever the torch model used: the graph compares with every bank row
+        from normalcy.apps.export.graph import search_mode
+
+        meta["search"] = search_mode(detector)  # "ivf": the torch model's own lists and probes; else every row
+        meta["n_probe"] = int(getattr(detector, "n_probe", 0))
     return meta
 
 
-def _trace(graph: torch.nn.Module, size: int, grid: tuple[int, int], outputs: list[str]) -> bytes:
+def _trace(graph: torch.nn.Module, size: tuple[int, int], grid: tuple[int, int], outputs: list[str]) -> bytes:
     """Serialized ONNX of `graph`, dynamic in the batch dimension only."""
-    image = torch.rand(2, 3, size, size)
+    image = torch.rand(2, 3, *size)
     valid = torch.ones(2, *grid, dtype=torch.bool)
     buf = io.BytesIO()
     axes = {name: {0: "batch"} for name in ["image", "valid", *outputs]}
@@ -99,10 +103,15 @@ def export_onnx(model: Any, out: str | Path) -> Path:
     if n_bytes > MAX_BYTES:
         raise ParameterError(f"{model.name} holds {n_bytes / 2**30:.1f} GiB of weights and state, more than one ONNX "
                              f"file can hold (2 GiB); refit with a smaller memory bank (coreset_ratio)")
-    size = int(model.image_size)
+    size = model.canvas  # (height, width); "aspect" models trace their fitted canvas
     grid = model.extractor.grid(size)
     outputs = ["score"] if model.name == "gaussian" else ["score", "patch_map"]
-    proto = onnx.load_from_string(_trace(graph, size, grid, outputs))
+    if isinstance(graph, PatchCoreIVFGraph):  # the torch model's IVF search: one Loop over its lists
+        from normalcy.apps.export.ivf import ivf_proto
+
+        proto = ivf_proto(graph, size, grid, OPSET)
+    else:
+        proto = onnx.load_from_string(_trace(graph, size, grid, outputs))
     meta = onnx_metadata(model, grid, outputs)
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta)})
     proto.doc_string = f"normalcy {meta['normalcy_version']} {model.name} (image_size {size}); see metadata_props"

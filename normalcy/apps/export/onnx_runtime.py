@@ -69,6 +69,7 @@ class OnnxModel(ImageDetector):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(self.threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False  # the arena keeps its high-water mark: ~180 MB more peak, no speed gain
         try:
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
@@ -80,6 +81,7 @@ class OnnxModel(ImageDetector):
         self.detector_ = meta["detector"]
         self.image_size = int(meta["image_size"])
         self.resize_mode = meta["resize_mode"]
+        self.canvas_ = tuple(int(v) for v in meta.get("canvas", (self.image_size, self.image_size)))
         self.sigma = float(meta["sigma"])
         self.grid_ = tuple(meta["grid"])
         self.batch_size = int(params.get("batch_size", 16))
@@ -114,11 +116,11 @@ class OnnxModel(ImageDetector):
     def _score(self, items: list) -> ScoreResult:
         from normalcy.data import as_rgb_array
 
-        size = self.image_size
+        size = self.canvas
         scores, maps = [], []
         for start in range(0, len(items), self.batch_size):
             arrays = [as_rgb_array(a) for a in items[start : start + self.batch_size]]
-            x, placements = prepare_batch(arrays, size, self.resize_mode)
+            x, placements = prepare_batch(arrays, size, self.input_mode)
             img_scores, patch_maps = self.run(x, self.score_cells(valid_grid(placements, size, self.grid_)))
             scores.append(np.asarray(img_scores, dtype=np.float64))
             if patch_maps is not None:

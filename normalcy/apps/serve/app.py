@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,9 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import JSONResponse, Response
 
 from normalcy.apps.serve.bodylimit import BodyLimitMiddleware
+from normalcy.apps.serve.docs_page import add_docs_pages
+from normalcy.apps.serve.history.recorder import new_request_id, open_recorder
+from normalcy.apps.serve.history.routes import build_router as history_routes
 from normalcy.apps.serve.schemas import ErrorBody, Health, ModelInfo, PredictResponse
 from normalcy.apps.serve.service import ModelService, PendingImage, model_source_name
 from normalcy.apps.serve.settings import ServeSettings
@@ -22,7 +26,8 @@ from normalcy.apps.serve.workqueue import QueueFull
 STATIC_DIR = Path(__file__).parent / "static"
 # the only files the page needs, served from memory by fixed name (no client-chosen path is ever opened)
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.css": "text/css; charset=utf-8",
-                "app.js": "text/javascript; charset=utf-8"}
+                "app.js": "text/javascript; charset=utf-8", "history.js": "text/javascript; charset=utf-8",
+                "history.css": "text/css; charset=utf-8"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
                                "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'",
@@ -52,6 +57,11 @@ Service = Annotated[ModelService, Depends(get_service)]
 def create_app(settings: ServeSettings | None = None, detector: Any = None) -> FastAPI:
     """Build the app; the model is loaded from `settings.model_path` at start-up unless `detector` is given."""
     settings = settings or ServeSettings()
+    from normalcy.apps.serve.rows import create_rows_app, model_kind
+
+    kind = getattr(detector, "kind", None) or (model_kind(settings.model_path) if settings.model_path else "image")
+    if kind != "image":  # tables, texts, series: JSON in, JSON out (rows.py)
+        return create_rows_app(settings, detector)
     static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
 
     @asynccontextmanager
@@ -65,6 +75,9 @@ def create_app(settings: ServeSettings | None = None, detector: Any = None) -> F
             det = await asyncio.to_thread(load, settings.model_path)
         service = ModelService(det, settings, model_source_name(settings.model_path))
         await asyncio.to_thread(service.warm_up)
+        recorder = await asyncio.to_thread(open_recorder, det, settings)  # history DB + drift (history/)
+        service.capture = recorder.capture
+        app.state.recorder = recorder
         app.state.service = service
         app.state.started = time.monotonic()
         try:
@@ -72,6 +85,7 @@ def create_app(settings: ServeSettings | None = None, detector: Any = None) -> F
         finally:
             app.state.service = None
             service.queue.shutdown()
+            await asyncio.to_thread(recorder.close)  # writes or spools every accepted decision
 
     app = FastAPI(
         title="normalcy serve",
@@ -79,18 +93,28 @@ def create_app(settings: ServeSettings | None = None, detector: Any = None) -> F
         description="Upload images to `POST /predict`; every decision is a calibrated false-alarm-rate decision. "
                     "The review page is at `/`. Limits and fields: docs/serve.md.",
         lifespan=lifespan,
+        docs_url=None,  # /docs: served offline by add_docs_pages; no /redoc (its bundle calls a CDN)
+        redoc_url=None,
     )
+    add_docs_pages(app)
     app.state.service = None
+    app.state.recorder = None
+    app.include_router(history_routes())
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        # details go to the server log only: a client never sees internals (object reprs, addresses, paths)
+        logging.getLogger("normalcy.serve").error("unexpected error on %s", request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
     @app.get("/health", response_model=Health, summary="Liveness and queue load")
     async def health(request: Request) -> dict[str, Any]:
         service = getattr(request.app.state, "service", None)
+        recorder = getattr(request.app.state, "recorder", None)
         return {"status": "ok", "model_loaded": service is not None,
+                "history": recorder.status() if recorder else None,
+                "drift": recorder.drift.summary() if recorder else None,
                 "queue": service.queue.stats() if service else {},
                 "uptime_s": time.monotonic() - getattr(request.app.state, "started", time.monotonic())}
 
@@ -101,8 +125,10 @@ def create_app(settings: ServeSettings | None = None, detector: Any = None) -> F
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS,
               summary="Score uploaded images: decision, p-value, severity, regions, overlay and mask")
     async def predict(
+        request: Request,
         service: Service,
-        files: Annotated[list[UploadFile], File(description="One or more images (PNG, JPEG, BMP, TIFF, WebP)")],
+        files: Annotated[list[UploadFile], File(min_length=1,  # schema minItems 1 = the 422 for none
+                                                description="One or more images (PNG, JPEG, BMP, TIFF, WebP)")],
         alpha: Annotated[float | None, Query(gt=0, lt=1, description=ALPHA_DOC)] = None,
         pixel_fpr: Annotated[float | None, Query(gt=0, lt=1, description=PIXEL_DOC)] = None,
         pictures: Annotated[bool, Query(description="Include overlay, heatmap and mask PNGs")] = True,
@@ -117,8 +143,11 @@ def create_app(settings: ServeSettings | None = None, detector: Any = None) -> F
             results = await service.queue.run(service.predict_batch, items, a, p, pictures)
         except QueueFull as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        request_id = new_request_id(request.headers.get("x-request-id"))
+        request.app.state.recorder.record(results, alpha=a, request_id=request_id)  # queued, never waits for the DB
         n_err = sum(r["status"] == "error" for r in results)
-        return {"detector": service.detector.name, "alpha": a, "pixel_fpr": p, "score_threshold": service.threshold(a),
+        return {"request_id": request_id, "detector": service.detector.name, "alpha": a, "pixel_fpr": p,
+                "score_threshold": service.threshold(a),
                 "n_ok": len(results) - n_err, "n_error": n_err, "elapsed_ms": (time.perf_counter() - start) * 1e3,
                 "results": results}
 

@@ -53,6 +53,7 @@ class ImageResult(BaseModel):
                                                   "outlined in cyan (longest side <= preview_max_side)")
     heatmap: str | None = Field(None, description="PNG data URL: RGBA heat map whose alpha rises with the score, to "
                                                   "layer over the original at any opacity (preview size)")
+    inspection_uid: str | None = Field(None, description="Id of this decision in the history database (with --db)")
     mask: str | None = Field(None, description="PNG data URL: 1-bit defect mask at the image's full size "
                                                "(pixel map value above the pixel_fpr threshold, only when flagged)")
 
@@ -60,6 +61,7 @@ class ImageResult(BaseModel):
 class PredictResponse(BaseModel):
     """Decisions for every uploaded image, in upload order."""
 
+    request_id: str = Field(description="The client's X-Request-ID header if given, else a new id (in the history)")
     detector: str = Field(description="Registered name of the detector that scored the images")
     alpha: float = Field(description="Target false-alarm rate used for is_anomaly and severity")
     pixel_fpr: float = Field(description="Pixel false-positive rate used for the defect mask")
@@ -129,3 +131,7 @@ class Health(BaseModel):
     queue: dict[str, int] = Field(description="pending (running + waiting), capacity, workers, queue_size, "
                                               "completed and rejected (503) request counts")
     uptime_s: float = Field(description="Seconds since start-up")
+    history: dict[str, Any] | None = Field(None, description="History database: enabled, state (ok, down, unknown), "
+                                                            "last_error, down_since, queued, spooled, written, "
+                                                            "replayed (see docs/serve.md)")
+    drift: dict[str, Any] | None = Field(None, description="Drift monitor: images watched, alarm (null while quiet)")

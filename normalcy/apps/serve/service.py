@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from normalcy.apps.serve.history.capture import HISTORY_KEY
 from normalcy.apps.serve.render import render_pictures
 from normalcy.apps.serve.settings import ServeSettings
 from normalcy.apps.serve.uploads import UploadInfo, decode_upload
@@ -49,6 +51,8 @@ class ModelService:
         self.source = source
         self.vmin, self.vmax = display_range(detector.calibration_)
         self.queue = InferenceQueue(settings.workers, settings.queue_size)
+        # history/drift hook, run on the inference thread per image: (bytes, image, mask) -> extras (set by app.py)
+        self.capture: Callable[..., dict[str, Any]] | None = None
 
     # ---- metadata -----------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -118,17 +122,19 @@ class ModelService:
     def _predict_chunk(self, items: list[PendingImage], alpha: float, pixel_fpr: float,
                        pictures: bool) -> list[dict[str, Any]]:
         arrays: dict[int, np.ndarray] = {}
+        raw: dict[int, bytes] = {}
         out: dict[int, dict[str, Any]] = {}
         for it in items:
             base = {"index": it.index, "filename": it.filename, "format": it.info.format}
             if it.info.header_error:
-                out[it.index] = base | {"status": "error", "error": it.info.header_error}
+                out[it.index] = base | {"status": "error", "severity": "error", "error": it.info.header_error}
                 continue
             try:
                 it.file.seek(0)
-                arrays[it.index] = decode_upload(it.file.read(), it.info.format)
+                raw[it.index] = it.file.read()
+                arrays[it.index] = decode_upload(raw[it.index], it.info.format)
             except DataError as exc:
-                out[it.index] = base | {"status": "error", "error": str(exc)}
+                out[it.index] = base | {"status": "error", "severity": "error", "error": str(exc)}
         order = list(arrays)
         preds = self.detector.predict([arrays[i] for i in order], alpha=alpha, pixel_fpr=pixel_fpr) if order else []
         attach_all(preds, self.detector.calibration_)
@@ -143,7 +149,14 @@ class ModelService:
             if pred.status == "ok" and pictures and pred.anomaly_map is not None:
                 row |= render_pictures(img, pred.anomaly_map, pred.mask, self.vmin, self.vmax,
                                        self.settings.preview_max_side)
+            if self.capture is not None:
+                row[HISTORY_KEY] = self.capture(raw.pop(i), img, pred.mask if pred.status == "ok" else None)
             out[i] = row
+        if self.capture is not None:  # images that could not be decoded are recorded too, with their input hash
+            for it in items:
+                if HISTORY_KEY not in out[it.index]:
+                    it.file.seek(0)
+                    out[it.index][HISTORY_KEY] = self.capture(raw.pop(it.index, None) or it.file.read())
         return [out[it.index] for it in items]
 
     def threshold(self, alpha: float) -> float | None:

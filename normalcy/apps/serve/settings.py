@@ -24,6 +24,10 @@ class ServeSettings:
     workers: int = 1  # inference threads (torch already uses every core inside one)
     chunk_size: int = 4  # images decoded and scored together (bounds peak memory per request)
     preview_max_side: int = 1024  # longest side of the overlay/heat-map PNGs; the mask stays full size
+    db: str | None = None  # history database: a SQLite file path or a SQLAlchemy URL (None: keep no history)
+    history_dir: Path | None = None  # thumbnails, masks and spool (default: beside a SQLite file)
+    drift_budget: float = 0.01  # chance of ever raising a drift alarm on a stream without drift
+    keep_images: bool = False  # with db: keep each uploaded image as a file too (for `normalcy fit --from-db`)
 
     def __post_init__(self) -> None:
         if self.model_path is not None:
@@ -35,9 +39,13 @@ class ServeSettings:
                 raise ParameterError(f"serve setting {name} must be a positive integer, got {value!r}")
         if isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int) or self.queue_size < 0:
             raise ParameterError(f"serve setting queue_size must be an integer >= 0, got {self.queue_size!r}")
+        if not 0 < self.drift_budget < 1:
+            raise ParameterError(f"serve setting drift_budget must be in (0, 1), got {self.drift_budget!r}")
 
     def limits(self) -> dict[str, Any]:
         """The public limits (no file paths), as reported by `GET /model`."""
         out = asdict(self)
-        out.pop("model_path")
+        # not limits; and the DB URL may hold a password
+        for private in ("model_path", "db", "history_dir", "drift_budget", "keep_images"):
+            out.pop(private)
         return out

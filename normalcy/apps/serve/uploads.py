@@ -10,11 +10,14 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from normalcy.errors import CorruptImageError
+from normalcy.data.images import ALLOWED_FORMATS
+from normalcy.data.integrity import truncation_problem
+from normalcy.errors import CorruptImageError, plain_reason
 
 # Formats accepted (the same set normalcy reads from folders), recognised by their first bytes, never by name.
 FORMATS: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp", "TIFF": "image/tiff",
                            "WEBP": "image/webp"}
+assert set(FORMATS) == set(ALLOWED_FORMATS), "the service and the file reader accept the same formats"
 SNIFF_BYTES = 16
 
 
@@ -75,7 +78,7 @@ def inspect_upload(fp: BinaryIO, name: str, max_pixels: int) -> UploadInfo:
     except Image.DecompressionBombError as exc:
         raise UploadRejected(413, f"{name!r} exceeds the pixel limit max_pixels={max_pixels}: {exc}") from None
     except Exception as exc:  # right magic bytes but an unreadable header: that image's own error, not the batch's
-        return UploadInfo(fmt, header_error=f"corrupt {fmt} file, header unreadable ({exc or type(exc).__name__})")
+        return UploadInfo(fmt, header_error=f"corrupt {fmt} file, header unreadable ({plain_reason(exc)})")
     width, height = img.size
     del img  # not img.close(): Pillow would close the caller's upload file too
     if width * height > max_pixels:
@@ -93,6 +96,8 @@ def decode_upload(data: bytes, fmt: str) -> np.ndarray:
         img = _open(io.BytesIO(data), fmt)
         img.load()
     except Exception as exc:  # truncated or damaged pixel data
-        raise CorruptImageError(
-            f"corrupt or truncated {fmt} data, cannot be decoded ({str(exc) or type(exc).__name__})") from None
+        raise CorruptImageError(f"corrupt or truncated {fmt} data, cannot be decoded ({plain_reason(exc)})") from None
+    problem = truncation_problem(img, data)
+    if problem:
+        raise CorruptImageError(f"truncated {fmt} file: {problem}")
     return as_rgb_array(img)

@@ -65,6 +65,16 @@ def write_bank(path: Path, bank: Bank, chunk_rows: int = CHUNK_ROWS) -> str:
     return file_sha256(path)
 
 
+def check_sidecar_name(name: object, model_path: Path) -> str:
+    """A sidecar bank named in a model file must be a plain file name in the model's own folder (no path)."""
+    ok = (isinstance(name, str) and 0 < len(name) <= 255 and name not in (".", "..") and "\x00" not in name
+          and "/" not in name and "\\" not in name and Path(name).name == name and name.endswith(".npy"))
+    if not ok:
+        raise ModelFileError(f"{model_path}: its memory bank must be a plain .npy file name beside the model, got "
+                             f"{str(name)[:80]!r}; refusing to open a path outside the model's folder")
+    return name
+
+
 def open_bank(path: Path, shape: list[int] | None = None, sha256: str | None = None) -> np.ndarray:
     """Memory-map a bank .npy file read-only, checking shape, dtype and (if given) its recorded sha256."""
     path = Path(path)

@@ -10,13 +10,14 @@ from typing import Any, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from normalcy.calibration.conformal import calibration_folds
+from normalcy.calibration.fitting import score_items
+from normalcy.data.progress import progress_bar
 from normalcy.detectors.base import Detector, Prediction, ScoreResult
-from normalcy.errors import DataError, EmptyFolderError, ParameterError
+from normalcy.errors import DataError, EmptyFolderError, NotFittedError, ParameterError
 from normalcy.features.extractor import PatchFeatureExtractor
-from normalcy.features.preprocess import Placement, prepare_batch, restore_maps, valid_grid
+from normalcy.features.preprocess import Placement, aspect_canvas, prepare_batch, restore_maps, valid_grid
 
 PREDICT_CHUNK = 64  # images loaded at once by predict_iter (bounds memory on large folders)
 
@@ -68,13 +69,14 @@ class ImageDetector(Detector):
     raw_features = False  # True: the detector consumes the backbone's stage outputs, not patch features
     border: float = 0.0  # fraction of the grid whose edge cells never decide the image score (see score_cells)
 
-    def fit(self, X: Any, y: Any = None) -> Self:
+    def fit(self, X: Any, y: Any = None, groups: Any = None) -> Self:
         """Fit on normal images; with cross-fitting, features are extracted once and reused by every fold."""
         items = self._prepare(X)
+        self._fit_canvas(items)
         method, _ = calibration_folds(len(items), float(self.calibration_fraction), float(self.alpha), self.seed)
-        if method == "cross-fit":
+        if method == "cross-conformal":
             items = self._cache_features(items)
-        return super().fit(items, y)
+        return super().fit(items, y, groups=groups)
 
     def _cache_features(self, items: list) -> list[CachedFeatures]:
         cached = []
@@ -84,6 +86,47 @@ class ImageDetector(Detector):
                 f = [s[j] for s in feats] if raw else feats[j]
                 cached.append(CachedFeatures(f, pl, valid[j], raw, items[len(cached)]))
         return cached
+
+    # ---- the network canvas -----------------------------------------------------------------------------
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """(height, width) of the network input: image_size² square, or the fitted aspect canvas ("aspect")."""
+        if self.resize_mode != "aspect":
+            return int(self.image_size), int(self.image_size)
+        fitted = getattr(self, "canvas_", None)
+        if fitted is None:
+            raise NotFittedError(f"{type(self).__name__} with resize_mode='aspect' picks its canvas at fit time; "
+                                 "call fit first")
+        return fitted
+
+    @property
+    def input_mode(self) -> str:
+        """How prepare_batch fits an image to the canvas ("aspect" stretches to the fitted aspect canvas)."""
+        return "stretch" if self.resize_mode == "aspect" else self.resize_mode
+
+    def _fit_canvas(self, items: list) -> None:
+        """With resize_mode="aspect": a canvas of ~image_size² pixels shaped like the median fit image.
+
+        One rule for every dataset (no labels, no per-set setting): square images keep the square canvas, a set of
+        tall 640×250 parts gets a 416×160 canvas instead of being squashed 2.5× along one axis.
+        """
+        if self.resize_mode != "aspect":
+            return
+        if items and all(isinstance(it, CachedFeatures) for it in items):  # features were made on a canvas already
+            pl = items[0].placement
+            self.canvas_ = (pl.inner_h, pl.inner_w)
+            return
+        aspects = [h / w for h, w in (image_hw(it) for it in items)]
+        self.canvas_ = aspect_canvas(float(np.median(aspects)), int(self.image_size))
+
+    def _canvas_meta(self) -> dict[str, Any]:
+        """The fitted canvas for the model file (empty unless resize_mode="aspect")."""
+        fitted = getattr(self, "canvas_", None)
+        return {"canvas": list(fitted)} if self.resize_mode == "aspect" and fitted is not None else {}
+
+    def _load_canvas(self, meta: dict[str, Any]) -> None:
+        if "canvas" in meta:
+            self.canvas_ = tuple(int(v) for v in meta["canvas"])
 
     # ---- hooks ------------------------------------------------------------------------------------------
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,8 +170,8 @@ class ImageDetector(Detector):
         from normalcy.data import as_rgb_array
 
         ext = self.extractor
-        size = int(self.image_size)
-        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
+        size = self.canvas
+        bar = progress_bar(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
         try:
             for start in range(0, len(items), int(self.batch_size)):
                 chunk = items[start : start + int(self.batch_size)]
@@ -139,7 +182,7 @@ class ImageDetector(Detector):
                 chunk = [c.source if isinstance(c, CachedFeatures) else c for c in chunk]
                 arrays = [a if isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3
                           and a.shape[2] == 3 else as_rgb_array(a) for a in chunk]
-                x, placements = prepare_batch(arrays, size, self.resize_mode)
+                x, placements = prepare_batch(arrays, size, self.input_mode)
                 feats = ext.backbone_only(x) if raw else ext(x)
                 grid = tuple((feats[0] if raw else feats).shape[-2:])
                 yield feats, placements, valid_grid(placements, size, grid)
@@ -172,12 +215,13 @@ class ImageDetector(Detector):
             if patch_maps is None:
                 have_maps = False
             else:
-                maps.extend(restore_maps(patch_maps, placements, int(self.image_size), float(self.sigma)))
+                maps.extend(restore_maps(patch_maps, placements, self.canvas, float(self.sigma)))
         return ScoreResult(np.concatenate(scores), maps if have_maps else None)
 
     # ---- predictions that lose nothing ------------------------------------------------------------------
     def predict_iter(
-        self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None, chunk: int = PREDICT_CHUNK
+        self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None, chunk: int = PREDICT_CHUNK,
+        groups: Any = None,
     ) -> Iterator[Prediction]:
         """Predictions in input order; an unreadable image yields a `status="error"` row, never a crash."""
         from normalcy.data import as_rgb_array
@@ -192,7 +236,9 @@ class ImageDetector(Detector):
                     arrays.append(as_rgb_array(it))
                 except DataError as exc:
                     errors[i] = str(exc)
-            ok = self.decide(self._score(arrays), alpha, pixel_fpr) if arrays else []
+            kw = {} if groups is None else {"groups": [g for i, g in enumerate(list(groups)[start : start + chunk])
+                                                     if i not in errors]}  # overrides of decide may not take groups
+            ok = self.decide(score_items(self, arrays), alpha, pixel_fpr, **kw) if arrays else []
             ok_iter = iter(ok)
             for i, it in enumerate(part):
                 if i in errors:
@@ -202,9 +248,35 @@ class ImageDetector(Detector):
                     pred.path = item_path(it)
                     yield pred
 
-    def predict(self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None) -> list[Prediction]:
+    def predict(self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None,
+                groups: Any = None) -> list[Prediction]:
         """Calibrated predictions for every input image (errors become rows, see `predict_iter`)."""
-        return list(self.predict_iter(X, alpha, pixel_fpr))
+        return list(self.predict_iter(X, alpha, pixel_fpr, **({} if groups is None else {"groups": groups})))
+
+
+def image_hw(item: Any) -> tuple[int, int]:
+    """(height, width) of an input item, from the file header when it is a file (no full decode)."""
+    from PIL import Image
+
+    from normalcy.data import as_rgb_array
+
+    if isinstance(item, CachedFeatures):
+        return item.placement.height, item.placement.width
+    if isinstance(item, np.ndarray):
+        return int(item.shape[0]), int(item.shape[1])
+    if isinstance(item, Image.Image):
+        return item.height, item.width
+    path = item_path(item)
+    if path is not None:
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                swap = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF rotation by 90°: decoded upright
+            return (w, h) if swap else (h, w)
+        except Exception:  # unreadable header: the decoder below raises the project's own error
+            pass
+    arr = as_rgb_array(item)
+    return int(arr.shape[0]), int(arr.shape[1])
 
 
 def masked_max(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -156,7 +156,7 @@ class FewShot(ImageDetector):
         sigma: float = 4.0,
         batch_size: int = 8,
         memory_budget_mb: int = 256,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         pixel_fpr: float = 0.001,
         calibration_fraction: float = 0.2,
         seed: int = 0,
@@ -331,9 +331,9 @@ class FewShot(ImageDetector):
                       "guarantee; the realized false-alarm rate may differ from alpha", UserWarning, stacklevel=3)
 
     def decide(self, result: ScoreResult, alpha: float | None = None, pixel_fpr: float | None = None,
-               paths: list[str | None] | None = None) -> list[Prediction]:
+               paths: list[str | None] | None = None, groups: Any = None) -> list[Prediction]:
         """Conformal decisions; with fewer than MIN_CONFORMAL references, transfer-normalized ones (`transfer`)."""
-        preds = super().decide(result, alpha, pixel_fpr, paths)
+        preds = super().decide(result, alpha, pixel_fpr, paths, groups=groups)
         table = self.transfer()
         if table is None or result.maps is None:
             return preds
@@ -345,6 +345,11 @@ class FewShot(ImageDetector):
         for pred, pv, amap in zip(preds, p, result.maps):
             flagged = bool(pv <= alpha)
             pred.p_value, pred.is_anomaly, pred.calibration = float(pv), flagged, "transfer"
+            pred.p_low = pred.p_high = float("nan")  # no conformal interval: the table's error is unknown
+            pred.decision = "anomalous" if flagged else "normal"
+            pred.n_calibration = int(table.normals[table.nearest_k(k)].size)
+            pred.calibration_note = (f"transfer: p-value from normal images of other datasets ({k} references < "
+                                     f"{MIN_CONFORMAL}); not conformally calibrated")
             pred.severity = "anomalous" if flagged else "suspicious" if pv <= SUSPICIOUS_FACTOR * alpha else "normal"
             pred.mask = np.zeros(amap.shape, dtype=bool)
             if flagged and np.isfinite(z_t):  # pixels standing out as far as a flagged image's worst spot must

@@ -33,7 +33,7 @@ class GaussianAD(ImageDetector):
         resize_mode: str = "stretch",
         strides: Sequence[int] = (4, 8, 16, 32),
         batch_size: int = 16,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
         progress: bool = True,

@@ -60,7 +60,7 @@ class INP(FewShot):
         sigma: float = 4.0,
         batch_size: int = 8,
         memory_budget_mb: int = 256,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         pixel_fpr: float = 0.001,
         calibration_fraction: float = 0.2,
         seed: int = 0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,47 @@ import torch
 
 from normalcy.detectors.image.common import ImageDetector, masked_max
 from normalcy.errors import ParameterError
+
+
+def random_channels(n_channels: int, n_features: int, seed: int) -> torch.Tensor:
+    """A seeded, sorted random subset of `n_features` channel indices (all of them when n_features ≥ C)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_channels, generator=gen)[: min(int(n_features), n_channels)].sort().values
+
+
+def fit_position_gaussian(batches: Iterable[torch.Tensor], channels: torch.Tensor,
+                          epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """B×C×h×w feature batches → per-position mean (P×c) and precision (P×c×c) of the chosen channels.
+
+    Sums are accumulated in float64 batch by batch (never all features at once); covariance + epsilon·I.
+    """
+    s1 = s2 = None
+    n = 0
+    for feats in batches:
+        f = feats[:, channels].flatten(2).permute(0, 2, 1).double()  # B×P×C
+        s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
+        outer = torch.einsum("bpc,bpd->pcd", f, f)
+        s2 = outer if s2 is None else s2 + outer
+        n += f.shape[0]
+    if s1 is None or s2 is None or n < 2:
+        raise ParameterError(f"a per-position Gaussian needs at least 2 images, got {n}")
+    mean = s1 / n
+    cov = (s2 - n * torch.einsum("pc,pd->pcd", mean, mean)) / (n - 1)
+    cov += epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype)
+    return mean.float(), torch.linalg.inv(cov).float()
+
+
+def position_distances(feats: torch.Tensor, channels: torch.Tensor, mean: torch.Tensor,
+                       precision: torch.Tensor) -> torch.Tensor:
+    """B×C×h×w features → B×h×w Mahalanobis distance of each cell to its own position's Gaussian."""
+    b, _, h, w = feats.shape
+    f = feats[:, channels].flatten(2).permute(0, 2, 1)  # B×P×C
+    if f.shape[1] != mean.shape[0]:
+        raise ParameterError("image grid differs from the fitted one: a per-position Gaussian needs the same "
+                             "image_size at fit and predict time")
+    dp = (f - mean[None]).transpose(0, 1)  # P×B×C: one small batched matmul per position
+    d2 = (torch.bmm(dp, precision) * dp).sum(-1).transpose(0, 1).clamp_(min=0)
+    return d2.sqrt().reshape(b, h, w)
 
 
 class PaDiM(ImageDetector):
@@ -24,7 +65,7 @@ class PaDiM(ImageDetector):
         backbone: str = "efficientnet_lite0",
         weights: str | Path | None = None,
         image_size: int = 256,
-        resize_mode: str = "stretch",
+        resize_mode: str = "aspect",
         strides: Sequence[int] = (8, 16),
         aggregate: int = 1,
         project_dim: int | None = None,
@@ -32,7 +73,7 @@ class PaDiM(ImageDetector):
         epsilon: float = 0.01,
         sigma: float = 4.0,
         batch_size: int = 16,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         pixel_fpr: float = 0.001,
         calibration_fraction: float = 0.2,
         seed: int = 0,
@@ -43,39 +84,23 @@ class PaDiM(ImageDetector):
     def _fit(self, items: list) -> None:
         if self.epsilon <= 0:
             raise ParameterError(f"epsilon must be > 0 (covariance regularization), got {self.epsilon}")
-        c = self.extractor.out_channels
-        gen = torch.Generator().manual_seed(self.seed)
-        chans = torch.randperm(c, generator=gen)[: min(self.n_features, c)].sort().values
-        s1 = s2 = None
-        n = 0
-        for feats, _, _ in self.iter_features(items, "fit features"):
-            f = feats[:, chans].flatten(2).permute(0, 2, 1).double()  # B×P×C
-            s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
-            outer = torch.einsum("bpc,bpd->pcd", f, f)
-            s2 = outer if s2 is None else s2 + outer
-            n += f.shape[0]
-        mean = s1 / n
-        cov = (s2 - n * torch.einsum("pc,pd->pcd", mean, mean)) / max(n - 1, 1)
-        cov += self.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype)
-        self.channels_ = chans
-        self.mean_ = mean.float()
-        self.precision_ = torch.linalg.inv(cov).float()
+        chans = random_channels(self.extractor.out_channels, self.n_features, self.seed)
+        mean, precision = fit_position_gaussian((f for f, _, _ in self.iter_features(items, "fit features")),
+                                                chans, self.epsilon)
+        self.channels_, self.mean_, self.precision_ = chans, mean, precision
 
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, _, h, w = feats.shape
-        f = feats[:, self.channels_].flatten(2).permute(0, 2, 1)  # B×P×C
-        if f.shape[1] != self.mean_.shape[0]:
-            raise ParameterError("image grid differs from the fitted one: PaDiM needs the same image_size")
-        delta = f - self.mean_[None]
-        dp = delta.transpose(0, 1)  # P×B×C: one small batched matmul per position
-        d2 = (torch.bmm(dp, self.precision_) * dp).sum(-1).transpose(0, 1).clamp_(min=0)
-        maps = d2.sqrt().reshape(b, h, w)
+        maps = position_distances(feats, self.channels_, self.mean_, self.precision_)
         return masked_max(maps, valid), maps
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"channels": self.channels_.numpy(), "mean": self.mean_.numpy(), "precision": self.precision_.numpy()}
 
+    def _state_meta(self) -> dict[str, Any]:
+        return self._canvas_meta()
+
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self._load_canvas(meta)
         self.channels_ = torch.from_numpy(np.asarray(arrays["channels"], dtype=np.int64))
         self.mean_ = torch.from_numpy(np.ascontiguousarray(arrays["mean"], dtype=np.float32))
         self.precision_ = torch.from_numpy(np.ascontiguousarray(arrays["precision"], dtype=np.float32))

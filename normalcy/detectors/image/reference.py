@@ -55,6 +55,7 @@ class Reference(FewShot):
         weights: str | Path | None = None,
         image_size: int = 256,
         resize_mode: str = "stretch",
+        aspect: str = "square",
         strides: Sequence[int] = (8, 16),
         aggregate: int = 1,
         project_dim: int | None = None,
@@ -67,11 +68,12 @@ class Reference(FewShot):
         sigma: float = 4.0,
         batch_size: int = 8,
         memory_budget_mb: int = 256,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         pixel_fpr: float = 0.001,
         calibration_fraction: float = 0.2,
         seed: int = 0,
         progress: bool = True,
+        transfer_table: str | None = "builtin",
     ) -> None:
         self._store_params(locals())
 

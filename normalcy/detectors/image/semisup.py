@@ -53,7 +53,7 @@ class SemiSupervised(PatchCore):
         sigma: float = 4.0,
         batch_size: int = 16,
         memory_budget_mb: int = 256,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         pixel_fpr: float = 0.001,
         calibration_fraction: float = 0.2,
         seed: int = 0,
@@ -65,6 +65,7 @@ class SemiSupervised(PatchCore):
             reweight=reweight, search=search, n_probe=n_probe, bank_storage=bank_storage, sigma=sigma,
             batch_size=batch_size, memory_budget_mb=memory_budget_mb, alpha=alpha, pixel_fpr=pixel_fpr,
             calibration_fraction=calibration_fraction, seed=seed, progress=progress,
+            standardize=False, positional=False,  # the head is fused with the plain nearest-neighbour score
         )
         self.n_synthetic = n_synthetic
         self.oversample = oversample

@@ -77,7 +77,7 @@ class VAE(FeatureModelDetector):
         border: float = 0.0625,
         sigma: float = 4.0,
         batch_size: int = 16,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         pixel_fpr: float = 0.001,
         calibration_fraction: float = 0.2,
         seed: int = 0,

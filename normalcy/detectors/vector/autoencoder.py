@@ -73,7 +73,7 @@ class AutoEncoder(VectorDetector):
         validation_fraction: float = 0.1,
         max_seconds: float = 60.0,
         scaling: str = "standard",
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

@@ -16,11 +16,11 @@ class VectorDetector(Detector):
     kind: ClassVar[str] = "vector"
     min_fit_items: ClassVar[int] = 2
 
-    def fit(self, X: Any, y: Any = None) -> Self:
-        """Learn normality from normal rows (any old fitted state is dropped first)."""
+    def fit(self, X: Any, y: Any = None, groups: Any = None) -> Self:
+        """Learn normality from normal rows (any old fitted state is dropped first); `groups`: see Detector.fit."""
         for attr in self._fitted_attributes():
             delattr(self, attr)
-        return super().fit(X, y)
+        return super().fit(X, y, groups=groups)
 
     def _prepare(self, X: Any) -> np.ndarray:
         X = as_matrix(X, "X")

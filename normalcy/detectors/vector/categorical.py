@@ -76,7 +76,7 @@ class Categorical(VectorDetector):
         self,
         pairwise: bool = True,
         smoothing: float = 1.0,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

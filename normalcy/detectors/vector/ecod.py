@@ -63,7 +63,7 @@ class ECOD(VectorDetector):
     def __init__(
         self,
         aggregate: str = "sum_max",
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

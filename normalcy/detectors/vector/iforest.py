@@ -1,9 +1,10 @@
-"""Isolation Forest: scikit-learn grows the trees; normalcy keeps them as plain arrays to score and to save.
+"""Isolation Forest kept as plain node arrays, grown by numpy (default) or by scikit-learn, scored by numpy.
 
-After `sklearn.ensemble.IsolationForest.fit`, every tree is flattened into node arrays (feature, threshold,
-children, and for leaves the expected path length depth + c(n_leaf)). Scoring walks all trees at once with
-vectorized numpy and applies scikit-learn's formula (2^-E[h]/c(max_samples)); a test checks equality.
-Nothing is pickled: the arrays are the model file.
+`trees="numpy"` grows all trees at once, level by level (`isolation.grow_forest`: the same algorithm, ~50-100x
+faster to fit than scikit-learn's per-tree loop). `trees="sklearn"` fits `sklearn.ensemble.IsolationForest`
+and flattens its trees into the same arrays (feature, threshold, children, and for leaves the expected path
+length depth + c(n_leaf)); a test checks that our scoring then equals scikit-learn's exactly. Scoring walks all
+trees at once with vectorized numpy and applies the formula 2^-E[h]/c(max_samples). Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import numpy as np
 
 from normalcy.detectors.base import ScoreResult
 from normalcy.detectors.vector.base import VectorDetector
-from normalcy.detectors.vector.checks import check_int
+from normalcy.detectors.vector.checks import check_choice, check_int
+from normalcy.errors import ParameterError
+
+TREE_BUILDERS = ("numpy", "sklearn")
 
 _EULER_GAMMA = 0.5772156649015329
 _ROW_BLOCK = 512  # rows walked together: keeps the node arrays in cache
@@ -97,16 +101,33 @@ class IForest(VectorDetector):
         n_estimators: int = 100,
         max_samples: int | float | str = "auto",
         max_features: float = 1.0,
-        alpha: float = 0.01,
+        trees: str = "numpy",
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
         self._store_params(locals())
 
     def _fit_rows(self, X: np.ndarray) -> None:
+        check_int("n_estimators", self.n_estimators)
+        self.offset_, self.exponent_ = float32_safe_shift(X)
+        X = np.ldexp(X - self.offset_, self.exponent_)
+        if check_choice("trees", self.trees, TREE_BUILDERS) == "sklearn":
+            self._fit_sklearn(X)
+            return
+        from normalcy.detectors.vector.isolation import grow_forest
+
+        n_sub = _n_samples(self.max_samples, len(X))
+        n_feat = _n_features(self.max_features, X.shape[1])
+        rng = np.random.default_rng(int(self.seed))
+        flat, self.max_depth_ = grow_forest(X, int(self.n_estimators), n_sub, n_feat, rng)
+        for key, value in flat.items():
+            setattr(self, key + "_", value)
+        self.c_norm_ = float(average_path_length(np.array([n_sub]))[0])
+
+    def _fit_sklearn(self, X: np.ndarray) -> None:
         from sklearn.ensemble import IsolationForest
 
-        check_int("n_estimators", self.n_estimators)
         forest = IsolationForest(
             n_estimators=int(self.n_estimators),
             max_samples=self.max_samples,
@@ -125,13 +146,16 @@ class IForest(VectorDetector):
         return {k: getattr(self, k + "_") for k in keys}
 
     def _score(self, items: np.ndarray) -> ScoreResult:
+        if getattr(self, "exponent_", None) is not None:
+            items = np.ldexp(items - self.offset_, self.exponent_)
         mean_path = forest_path_lengths(self._flat(), items, self.max_depth_)
         if self.c_norm_ <= 0:
             return ScoreResult(np.ones(len(items)))
         return ScoreResult(2.0 ** (-mean_path / self.c_norm_))
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return self._flat()
+        shift = {"offset": self.offset_, "exponent": self.exponent_} if hasattr(self, "exponent_") else {}
+        return {**self._flat(), **shift}
 
     def _state_meta(self) -> dict[str, Any]:
         return {**super()._state_meta(), "max_depth": self.max_depth_, "c_norm": self.c_norm_}
@@ -141,3 +165,38 @@ class IForest(VectorDetector):
             setattr(self, key + "_", np.asarray(value))
         self.max_depth_ = int(meta["max_depth"])
         self.c_norm_ = float(meta["c_norm"])
+
+
+def float32_safe_shift(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, power-of-two exponent) per column so that ldexp(X - offset, exponent) survives the float32 trees.
+
+    Multiplying by a power of two is exact, so on ordinary data the trees and scores are exactly those on X
+    (offset 0); values near the float64 limits (1e-200, 1e300) no longer become 0 or inf in float32. A column whose
+    spread is below float32 resolution of its values (e.g. 1 + 1e-9 noise) is first centred on its median.
+    """
+    top = np.abs(X).max(axis=0)
+    span = X.max(axis=0) - X.min(axis=0)
+    offset = np.where(span < 1e-5 * top, np.median(X, axis=0), 0.0)
+    top = np.abs(X - offset).max(axis=0)
+    exponent = np.where(top > 0, -np.frexp(np.where(top > 0, top, 1.0))[1], 0).astype(np.int64)
+    return offset.astype(np.float64), exponent
+
+
+def _n_samples(max_samples: int | float | str, n: int) -> int:
+    """Rows per tree, as scikit-learn reads `max_samples` ("auto" = min(256, n), an int, or a fraction of n)."""
+    if max_samples == "auto":
+        return min(256, n)
+    if isinstance(max_samples, (int, np.integer)) and not isinstance(max_samples, bool) and max_samples >= 1:
+        return min(int(max_samples), n)
+    if isinstance(max_samples, float) and 0.0 < max_samples <= 1.0:
+        return max(1, int(max_samples * n))
+    raise ParameterError(f"max_samples must be 'auto', an int >= 1 or a fraction in (0, 1]; got {max_samples!r}")
+
+
+def _n_features(max_features: int | float, d: int) -> int:
+    """Features per tree (an int count or a fraction of the columns), as scikit-learn reads `max_features`."""
+    if isinstance(max_features, (int, np.integer)) and not isinstance(max_features, bool) and max_features >= 1:
+        return min(int(max_features), d)
+    if isinstance(max_features, float) and 0.0 < max_features <= 1.0:
+        return max(1, int(max_features * d))
+    raise ParameterError(f"max_features must be an int >= 1 or a fraction in (0, 1]; got {max_features!r}")

@@ -27,7 +27,7 @@ class KNN(VectorDetector):
         scaling: str = "robust",
         memory_mb: float = 256.0,
         backend: str = "auto",
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

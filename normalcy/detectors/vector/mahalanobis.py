@@ -42,7 +42,7 @@ class Mahalanobis(VectorDetector):
     def __init__(
         self,
         covariance: str = "empirical",
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

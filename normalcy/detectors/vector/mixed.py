@@ -49,7 +49,7 @@ class Mixed(VectorDetector):
         numeric_params: dict[str, Any] | None = None,
         categorical: str | list[int] = "auto",
         pairwise: bool = True,
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:

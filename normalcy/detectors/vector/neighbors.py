@@ -18,6 +18,9 @@ from normalcy.detectors.vector.checks import check_choice
 
 BACKENDS = ("auto", "kdtree", "torch", "faiss")
 KDTREE_MAX_DIM = 16  # above this a k-d tree prunes too little; brute force wins
+SMALL_CELLS = 2_000_000  # query x reference pairs up to which torch's matmul + top-k beats faiss (measured)
+TINY_CELLS = 50_000  # ... and up to which it beats building a k-d tree even in low dimensions
+PARALLEL_MIN_CELLS = 50_000_000
 
 
 def have_faiss() -> bool:
@@ -106,7 +109,8 @@ def _kdtree_knn(queries: np.ndarray, reference: np.ndarray, k: int, memory_mb: f
     tree = cKDTree(reference, balanced_tree=False, compact_nodes=False)
     q_block = max(1024, int(memory_mb * 2**20) // (16 * k))
     out = np.empty((len(queries), k))
-    workers = min(os.cpu_count() or 1, 4)
+    # threads cost ~0.5 ms each to start: worth it only for large query sets
+    workers = min(os.cpu_count() or 1, 4) if len(queries) * len(reference) > PARALLEL_MIN_CELLS else 1
     for qs in range(0, len(queries), q_block):
         d, _ = tree.query(queries[qs : qs + q_block], k=k, workers=workers)
         out[qs : qs + q_block] = np.reshape(d, (-1, k))
@@ -122,5 +126,10 @@ def knn_distances(
     """Euclidean distances (ascending, n_queries x k) from each query to its k nearest reference rows."""
     if not 1 <= k <= len(reference):
         raise ValueError(f"k={k} must be between 1 and the {len(reference)} reference rows")
+    queries, reference = np.asarray(queries, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    cells = len(queries) * len(reference)
+    low_dim = reference.shape[1] <= KDTREE_MAX_DIM
+    if backend == "auto" and (cells <= TINY_CELLS or (not low_dim and cells <= SMALL_CELLS)):
+        return _torch_knn(queries, reference, k, memory_mb)  # no index to build: one blocked matmul + top-k
     run = _RUNNERS[pick_backend(backend, reference.shape[1])]
     return run(np.asarray(queries, dtype=np.float64), np.asarray(reference, dtype=np.float64), k, memory_mb)

@@ -41,7 +41,7 @@ class PCA(VectorDetector):
         n_components: float | int = 0.9,
         weighting: str = "none",
         scaling: str = "standard",
-        alpha: float = 0.01,
+        alpha: float = 0.05,
         calibration_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
@@ -53,7 +53,8 @@ class PCA(VectorDetector):
         self.center_, self.scale_ = fit_scaling(X, self.scaling)
         Z = apply_scaling(X, self.center_, self.scale_)
         self.mean_ = Z.mean(axis=0)
-        cov = np.cov(Z - self.mean_, rowvar=False, bias=True).reshape(Z.shape[1], Z.shape[1])
+        Zc = Z - self.mean_
+        cov = (Zc.T @ Zc) / len(Zc)  # population covariance (as np.cov(bias=True), without its overhead)
         eigvals, eigvecs = np.linalg.eigh(cov)
         eigvals, eigvecs = np.maximum(eigvals[::-1], 0.0), eigvecs[:, ::-1]
         k = _n_kept(eigvals, self.n_components)

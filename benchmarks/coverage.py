@@ -1,0 +1,379 @@
+"""Coverage of calibrated decisions over repeated random splits of normal data (issue 17).
+
+For R random re-splits of the pooled normal data into a fit pool (the detector's own `fit`, which holds out its
+calibration scores or cross-fits) and test normals, records the realized false-alarm rate at alpha 0.01 and 0.05
+and compares it with the exact distribution a split-conformal threshold gives: the number of test normals above
+the threshold is Beta-Binomial(n_test, k, n_cal + 1 - k) with k = floor(alpha (n_cal + 1)), mean k / (n_cal + 1).
+Image sets also run the official train/test split once (is the data split itself exchangeable?) and report recall
+on the defects. Backbone features are extracted once per image (cached under --cache) and reused by every split.
+
+Usage:
+  python benchmarks/coverage.py --images ../shared/data/magnetic_tile ../shared/data/kolektorsdd --repeats 10
+  python benchmarks/coverage.py --tabular ../shared/data/tabular --repeats 50 [--small 60]
+Writes docs/coverage_<set>_<detector>.png (matplotlib) and prints a markdown table (+ --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from normalcy.data import load_mvtec
+from normalcy.detectors import create_detector
+
+ALPHAS = (0.01, 0.05)  # coverage checked against the exact distribution
+TABLE_ALPHAS = (0.005, 0.01, 0.02, 0.05, 0.1)  # realized FPR and recall per alpha (choice of the default)
+TABULAR_SETS = ("2_annthyroid", "6_cardio", "23_mammography", "38_thyroid", "29_Pima")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the reference distribution -----------------------------------------------------------------------------
+def conformal_band(n_cal: int, n_test: int, alpha: float, level: float = 0.95) -> dict:
+    """Exact mean and central band of the realized FPR of a split-conformal threshold (Beta-Binomial)."""
+    k = math.floor(alpha * (n_cal + 1) + 1e-9)
+    if k == 0 or n_test == 0:
+        return {"k": k, "mean": 0.0, "lo": 0.0, "hi": 0.0, "dist": None}
+    dist = stats.betabinom(n_test, k, n_cal + 1 - k)
+    lo, hi = dist.ppf((1 - level) / 2), dist.ppf((1 + level) / 2)
+    return {"k": k, "mean": k / (n_cal + 1), "lo": lo / n_test, "hi": hi / n_test, "dist": dist}
+
+
+def mid_pit(dist, count: int) -> float:
+    """Mid-p position of an observed count in its reference distribution (uniform on (0, 1) if it fits)."""
+    if dist is None:
+        return float("nan")
+    return float(dist.cdf(count - 1) + 0.5 * dist.pmf(count))
+
+
+# ---- one split ----------------------------------------------------------------------------------------------
+def p_values(det, result, alpha: float, groups=None) -> np.ndarray:
+    """p-values through the detector's own decision path (fold models and groups included)."""
+    kw = {} if groups is None else {"groups": groups}
+    return np.array([q.p_value for q in det.decide(result, alpha=alpha, **kw)])
+
+
+def realized(det, normal, defect=None, groups=None, alphas=TABLE_ALPHAS) -> dict:
+    """Realized FPR on test normals (and TPR on defects) per alpha from the detector's own calibration."""
+    cal = det.calibration_
+    row = {"n_cal": cal.n, "n_test": int(np.size(normal.scores)), "method": cal.method}
+    for a in alphas:
+        p_n = p_values(det, normal, a, groups)
+        row["median_p"] = float(np.median(p_n))
+        row[f"fp@{a}"] = int((p_n <= a).sum())
+        row[f"fpr@{a}"] = float((p_n <= a).mean())
+        if defect is not None and np.size(defect.scores):
+            row[f"tpr@{a}"] = float((p_values(det, defect, a) <= a).mean())
+    return row
+
+
+# ---- images -------------------------------------------------------------------------------------------------
+def cached_features(det, samples: list, path: Path) -> list:
+    """Backbone patch features per image, computed once (1 thread) and stored beside the other caches."""
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    t0 = time.perf_counter()
+    cached = det._cache_features(list(samples))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cached, path)
+    print(f"  cached {len(cached)} images -> {path} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return cached
+
+
+def image_scores(det, cached: list, batch: int = 64):
+    """Scores from cached features by the detector's own scoring (and each kept fold model), without maps."""
+    from normalcy.detectors.base import ScoreResult
+
+    def one() -> np.ndarray:
+        out = []
+        for start in range(0, len(cached), batch):
+            feats, _, valid = det._stack_cached(cached[start : start + batch], cached[0].raw)
+            out.append(det._score_features(feats.float(), valid)[0].double().numpy())
+        return np.concatenate(out) if out else np.empty(0)
+
+    result = ScoreResult(one())
+    states = getattr(det, "fold_states_", None)
+    if states:
+        from normalcy.calibration.folds import using
+
+        result.fold_scores = []
+        for state in states:
+            with using(det, state):
+                result.fold_scores.append(one())
+    return result
+
+
+def run_images(root: Path, detector: str, repeats: int, cache: Path, params: dict) -> list[dict]:
+    """Official split once, then `repeats` random re-splits of the pooled normals with the official sizes."""
+    train, test = load_mvtec(root)
+    normals = [s for s in test if s.label == 0]
+    defects = [s for s in test if s.label == 1]
+    base = create_detector(detector, progress=False, **params)
+    key = f"{root.name}_{detector}_" + "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "alpha")
+    feats = cached_features(base, train + normals + defects, cache / f"{key}.pt")
+    n_tr, n_te = len(train), len(normals)
+    pool = feats[: n_tr + n_te]
+    defect_feats = feats[n_tr + n_te :]
+    rows = []
+    splits = [("official", np.arange(n_tr), np.arange(n_tr, n_tr + n_te))]
+    for r in range(repeats):
+        perm = np.random.default_rng(1000 + r).permutation(n_tr + n_te)
+        splits.append((f"resplit-{r}", np.sort(perm[:n_tr]), np.sort(perm[n_tr:])))
+    for r, (kind, fit_idx, test_idx) in enumerate(splits):
+        t0 = time.perf_counter()
+        det = create_detector(detector, progress=False, seed=r, **params)
+        det.fit([pool[i] for i in fit_idx])
+        row = realized(det, image_scores(det, [pool[i] for i in test_idx]), image_scores(det, defect_feats))
+        row |= {"set": root.name, "detector": detector, "split": kind, "seconds": time.perf_counter() - t0}
+        print("   ", _short(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def run_mix(roots: list[Path], detector: str, repeats: int, cache: Path, params: dict, modes: list[str]) -> list[dict]:
+    """Two products' normals as one set: pooled calibration vs per-product groups vs groups found by k-means."""
+    pools, labels = [], []
+    for root in roots:
+        train, test = load_mvtec(root)
+        normals = [s for s in test if s.label == 0]
+        defects = [s for s in test if s.label == 1]
+        base = create_detector(detector, progress=False, **params)
+        key = f"{root.name}_{detector}_" + "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "alpha")
+        feats = cached_features(base, train + normals + defects, cache / f"{key}.pt")  # the cache run_images uses
+        pools += feats[: len(train) + len(normals)]
+        labels += [root.name] * (len(train) + len(normals))
+    labels = np.array(labels)
+    rows = []
+    for r in range(repeats):
+        rng = np.random.default_rng(3000 + r)
+        fit_idx, test_idx = [], []
+        for g in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == g))
+            cut = int(round(0.6 * len(idx)))
+            fit_idx += idx[:cut].tolist()
+            test_idx += idx[cut:].tolist()
+        for mode in modes:
+            t0 = time.perf_counter()
+            det = create_detector(detector, progress=False, seed=r, **params)
+            groups = {"pooled": None, "groups": labels[fit_idx], "auto": "auto"}[mode]
+            det.fit([pools[i] for i in fit_idx], **({} if groups is None else {"groups": groups}))
+            for g in np.unique(labels):
+                sel = [i for i in test_idx if labels[i] == g]
+                res = image_scores(det, [pools[i] for i in sel])
+                given = None
+                if mode == "groups":
+                    given = [g] * len(sel)
+                elif mode == "auto" and det.calibration_.groups:
+                    res.groups = det.group_model_.assign(item_descriptors_of(det, [pools[i] for i in sel]))
+                row = realized(det, res, groups=given)
+                if mode != "pooled" and det.calibration_.groups:
+                    found = given[0] if given else None
+                    row["n_cal"] = det.calibration_.group(found).n if found else row["n_cal"]
+                    row["n_groups"] = len(det.calibration_.groups)
+                row |= {"set": f"{g}+mix", "detector": f"{detector}/{mode}", "split": f"resplit-{r}",
+                        "seconds": time.perf_counter() - t0}
+                print("   ", row["set"], row["detector"], _short(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def item_descriptors_of(det, items: list) -> np.ndarray:
+    """The descriptors automatic grouping uses (thumbnails of the cached images' sources)."""
+    from normalcy.calibration.groups import item_descriptors
+
+    return item_descriptors(items, det.kind)
+
+
+# ---- tables -------------------------------------------------------------------------------------------------
+def run_tabular(path: Path, detector: str, repeats: int, small: int | None, max_rows: int,
+                params: dict | None = None) -> list[dict]:
+    """Random re-splits of the normal rows: 60 % (or `small` rows) to fit, the rest to test; anomalies for TPR."""
+    data = np.load(path)
+    X, y = np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"]).astype(int)
+    normal, anomalous = X[y == 0], X[y == 1]
+    rows = []
+    for r in range(repeats):
+        rng = np.random.default_rng(2000 + r)
+        perm = rng.permutation(len(normal))[:max_rows]
+        n_fit = small if small else int(round(0.6 * len(perm)))
+        det = create_detector(detector, seed=r, **(params or {}))
+        det.fit(normal[perm[:n_fit]])
+        row = realized(det, det.score(normal[perm[n_fit:]]), det.score(anomalous))
+        row |= {"set": path.stem, "detector": detector, "split": f"resplit-{r}" + (f"-n{small}" if small else "")}
+        rows.append(row)
+    return rows
+
+
+# ---- summary, plot ------------------------------------------------------------------------------------------
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (set, detector, alpha): mean realized FPR over re-splits vs the exact conformal mean and band."""
+    out = []
+    keys = sorted({(r["set"], r["detector"]) for r in rows})
+    for s, d in keys:
+        res = [r for r in rows if r["set"] == s and r["detector"] == d and r["split"].startswith("resplit")]
+        off = [r for r in rows if r["set"] == s and r["detector"] == d and r["split"] == "official"]
+        if not res:
+            continue
+        for a in ALPHAS:
+            fpr = np.array([r[f"fpr@{a}"] for r in res])
+            pits, expected, inside = [], [], []
+            for r in res:
+                band = conformal_band(r["n_cal"], r["n_test"], a)
+                pits.append(mid_pit(band["dist"], r[f"fp@{a}"]))
+                expected.append(band["mean"])
+                inside.append(band["lo"] <= r[f"fpr@{a}"] <= band["hi"])
+            row = {"set": s, "detector": d, "alpha": a, "R": len(res),
+                   "n_cal": int(np.median([r["n_cal"] for r in res])),
+                   "n_test": int(np.median([r["n_test"] for r in res])), "method": res[0]["method"],
+                   "mean_fpr": float(fpr.mean()), "sd_fpr": float(fpr.std(ddof=1)) if len(fpr) > 1 else 0.0,
+                   "expected": float(np.mean(expected)),
+                   "sd_expected": float(np.mean([_sd(conformal_band(r["n_cal"], r["n_test"], a)) for r in res])),
+                   "in_band": float(np.mean(inside)), "mean_pit": float(np.nanmean(pits)),
+                   "median_p": float(np.median([r["median_p"] for r in res]))}
+            if f"tpr@{a}" in res[0]:
+                row["mean_tpr"] = float(np.mean([r[f"tpr@{a}"] for r in res]))
+            if off:
+                o = off[0]
+                band = conformal_band(o["n_cal"], o["n_test"], a)
+                row |= {"official_fpr": o[f"fpr@{a}"], "official_pit": mid_pit(band["dist"], o[f"fp@{a}"]),
+                        "official_median_p": o["median_p"], "official_tpr": o.get(f"tpr@{a}")}
+            out.append(row)
+    return out
+
+
+def _sd(band: dict) -> float:
+    return 0.0 if band["dist"] is None else float(band["dist"].std() / band["dist"].args[0])
+
+
+def _short(row: dict) -> str:
+    parts = [row["split"], row["method"], f"n_cal={row['n_cal']}", f"n_test={row['n_test']}",
+             f"median_p={row['median_p']:.2f}"]
+    parts += [f"fpr@{a}={row[f'fpr@{a}']:.4f}" for a in ALPHAS]
+    parts += [f"tpr@{a}={row[f'tpr@{a}']:.3f}" for a in ALPHAS if f"tpr@{a}" in row]
+    return " ".join(parts) + (f" ({row['seconds']:.0f}s)" if "seconds" in row else "")
+
+
+def print_table(summary: list[dict]) -> None:
+    print("| set | detector | alpha | R | method | n_cal | n_test | mean FPR (sd) | exact mean (sd) | mean/alpha - 1 "
+          "(2 SE) | in 95% band | mean PIT | official FPR (PIT) | mean TPR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in summary:
+        off = f"{r['official_fpr']:.4f} ({r['official_pit']:.2f})" if "official_fpr" in r else "-"
+        tpr = f"{r['mean_tpr']:.3f}" if "mean_tpr" in r else "-"
+        print(f"| {r['set']} | {r['detector']} | {r['alpha']} | {r['R']} | {r['method']} | {r['n_cal']} | "
+              f"{r['n_test']} | {r['mean_fpr']:.4f} ({r['sd_fpr']:.4f}) | {r['expected']:.4f} ({r['sd_expected']:.4f})"
+              f" | {r['mean_fpr'] / r['alpha'] - 1:+.0%} (±{2 * r['sd_fpr'] / np.sqrt(r['R']) / r['alpha']:.0%})"
+              f" | {r['in_band']:.2f} | {r['mean_pit']:.2f} | {off} | {tpr} |")
+
+
+def print_alpha_table(rows: list[dict]) -> None:
+    """Mean realized FPR and recall per alpha over all splits (official included), per set and detector."""
+    print("\n| set | detector | " + " | ".join(f"FPR / recall @ {a}" for a in TABLE_ALPHAS) + " |")
+    print("|---|---|" + "---|" * len(TABLE_ALPHAS))
+    for s, d in sorted({(r["set"], r["detector"]) for r in rows}):
+        res = [r for r in rows if r["set"] == s and r["detector"] == d]
+        cells = []
+        for a in TABLE_ALPHAS:
+            if f"fpr@{a}" not in res[0]:
+                cells.append("-")
+                continue
+            fpr = np.mean([r[f"fpr@{a}"] for r in res])
+            tpr = [r[f"tpr@{a}"] for r in res if f"tpr@{a}" in r]
+            cells.append(f"{fpr:.3f} / {np.mean(tpr):.3f}" if tpr else f"{fpr:.3f} / -")
+        print(f"| {s} | {d} | " + " | ".join(cells) + " |")
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """One PNG per (set, detector): histogram of realized FPR per alpha over the exact Beta-Binomial pmf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    for s, d in sorted({(r["set"], r["detector"]) for r in rows}):
+        res = [r for r in rows if r["set"] == s and r["detector"] == d and r["split"].startswith("resplit")]
+        off = [r for r in rows if r["set"] == s and r["detector"] == d and r["split"] == "official"]
+        fig, axes = plt.subplots(1, len(ALPHAS), figsize=(5 * len(ALPHAS), 3.4))
+        for ax, a in zip(axes, ALPHAS):
+            n_cal, n_test = int(np.median([r["n_cal"] for r in res])), int(np.median([r["n_test"] for r in res]))
+            band = conformal_band(n_cal, n_test, a)
+            counts = np.array([r[f"fp@{a}"] for r in res])
+            top = int(max(counts.max(), band["hi"] * n_test * 1.3, 3)) + 1
+            ax.hist(counts / n_test, bins=np.arange(top + 1) / n_test - 0.5 / n_test, density=False,
+                    weights=np.full(len(counts), 1.0 / len(counts)), color="tab:blue", alpha=0.6,
+                    label=f"{len(res)} re-splits")
+            if band["dist"] is not None:
+                ks = np.arange(top + 1)
+                ax.plot(ks / n_test, band["dist"].pmf(ks), "k.-", ms=3, lw=0.8, label="exact (Beta-Binomial)")
+            ax.axvline(a, color="tab:red", ls="--", lw=1, label=f"alpha={a}")
+            ax.axvline(counts.mean() / n_test, color="tab:blue", lw=1.5, label="mean realized")
+            if off:
+                ax.axvline(off[0][f"fpr@{a}"], color="tab:green", lw=1.5, label="official split")
+            ax.set_xlabel("realized false-alarm rate on test normals")
+            ax.set_title(f"{s} / {d}: alpha={a}, n_cal={n_cal}, n_test={n_test}", fontsize=8)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / f"coverage_{s}_{d}.png".replace("/", "-").replace("+", "-"), dpi=90)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", nargs="*", default=[], help="MVTec-layout folders")
+    ap.add_argument("--image-detectors", default="patchcore,padim")
+    ap.add_argument("--mix", nargs="*", default=[], help="two MVTec folders: their normals as two products")
+    ap.add_argument("--mix-modes", default="pooled,groups,auto")
+    ap.add_argument("--tabular", default=None, help="folder of ADBench .npz sets")
+    ap.add_argument("--sets", default=",".join(TABULAR_SETS))
+    ap.add_argument("--vector-detectors", default="knn,iforest")
+    ap.add_argument("--repeats", type=int, default=None, help="re-splits (default 10 images, 50 tables)")
+    ap.add_argument("--small", type=int, default=None, help="tables: fit on only this many normal rows")
+    ap.add_argument("--max-rows", type=int, default=5000, help="tables: normal rows used per split")
+    ap.add_argument("--param", action="append", default=[], help="detector parameter key=value (repeatable)")
+    ap.add_argument("--cache", default="/tmp/normalcy-coverage-cache")
+    ap.add_argument("--plots", default=str(ROOT / "docs" / "coverage"))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--from-json", nargs="*", default=[], help="only summarize rows saved by earlier runs")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
+        print_table(summarize(rows))
+        print_alpha_table(rows)
+        if args.plots:
+            plot(rows, Path(args.plots))
+        return
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
+    rows: list[dict] = []
+    for folder in args.images:
+        for name in args.image_detectors.split(","):
+            print(f"{Path(folder).name} / {name}", flush=True)
+            rows += run_images(Path(folder), name, args.repeats or 10, Path(args.cache), params)
+    if args.mix:
+        for name in args.image_detectors.split(","):
+            rows += run_mix([Path(m) for m in args.mix], name, args.repeats or 10, Path(args.cache), params,
+                            args.mix_modes.split(","))
+    if args.tabular:
+        for s in args.sets.split(","):
+            for name in args.vector_detectors.split(","):
+                rows += run_tabular(Path(args.tabular) / f"{s}.npz", name, args.repeats or 50, args.small,
+                                    args.max_rows, params)
+    summary = summarize(rows)
+    print_table(summary)
+    print_alpha_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    if args.plots and rows:
+        plot(rows, Path(args.plots))
+
+
+if __name__ == "__main__":
+    main()

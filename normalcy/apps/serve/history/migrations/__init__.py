@@ -1,0 +1,1 @@
+"""Alembic migrations of the inspection history (run programmatically by HistoryStore.migrate)."""

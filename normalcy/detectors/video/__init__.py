@@ -1,0 +1,7 @@
+"""Video detectors: clips of frames in, one calibrated decision per frame out (see docs/video.md)."""
+
+from __future__ import annotations
+
+VIDEO_DETECTORS: dict[str, str] = {
+    "video": "normalcy.detectors.video.motion:VideoMotion",
+}
