@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from normalcy.apps.results import csv_safe
 from normalcy.apps.serve.history.recorder import Recorder
 from normalcy.apps.serve.history.store import MAX_PAGE, HistoryFilter, HistoryUnavailable
 from normalcy.errors import ParameterError
@@ -22,7 +23,6 @@ CSV_FIELDS = ["id", "created_at", "request_id", "model_id", "model_name", "model
               "input_bytes", "format", "width", "height", "status", "error", "score", "p_value", "alpha", "is_anomaly",
               "severity", "defect_area", "boxes", "brightness", "sharpness", "label", "label_verdict", "label_by",
               "label_at", "thumb_path", "thumb_sha256", "mask_path", "mask_sha256"]
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 log = logging.getLogger("normalcy.serve.history")
 
 
@@ -164,10 +164,7 @@ def csv_cell(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value) if isinstance(value, float) else str(value)
-    text = str(value)
-    if text.startswith(FORMULA_START):
-        text = "'" + text
-    return text
+    return csv_safe(str(value))
 
 
 def csv_row(row: dict[str, Any]) -> list[str]:
