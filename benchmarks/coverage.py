@@ -77,14 +77,33 @@ def realized(det, normal, defect=None, groups=None, alphas=TABLE_ALPHAS) -> dict
 # ---- images -------------------------------------------------------------------------------------------------
 def cached_features(det, samples: list, path: Path) -> list:
     """Backbone patch features per image, computed once (1 thread) and stored beside the other caches."""
+    from dataclasses import asdict
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from normalcy.detectors.image.common import CachedFeatures
+    from normalcy.features.preprocess import Placement
+
+    samples = list(samples)
+    path = path.with_suffix(".safetensors")  # tensors + JSON placements: never pickle
     if path.exists():
-        return torch.load(path, weights_only=False)
+        with safe_open(str(path), "pt") as fh:
+            meta = json.loads(fh.metadata()["placements"])
+        tensors = load_file(path)
+        return [CachedFeatures(tensors[f"f{i}"], Placement(**pl), tensors[f"v{i}"], False, samples[i])
+                for i, pl in enumerate(meta)]
     t0 = time.perf_counter()
-    cached = det._cache_features(list(samples))
+    cached = det._cache_features(samples)
+    if any(c.raw for c in cached):
+        raise SystemExit("coverage.py caches patch features only (raw stage outputs are not supported)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(cached, path)
+    tensors = {f"f{i}": c.feats.contiguous() for i, c in enumerate(cached)}
+    tensors |= {f"v{i}": c.valid.contiguous() for i, c in enumerate(cached)}
+    save_file(tensors, path, metadata={"placements": json.dumps([asdict(c.placement) for c in cached])})
     print(f"  cached {len(cached)} images -> {path} ({time.perf_counter() - t0:.0f}s)", flush=True)
     return cached
+
 
 
 def image_scores(det, cached: list, batch: int = 64):
