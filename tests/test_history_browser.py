@@ -9,10 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
@@ -21,7 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import REPO, texture
-from tests.test_serve_browser import _free_port, browser  # noqa: F401  (fixture)
+from tests.test_serve_browser import browser, serving  # noqa: F401  (browser: fixture)
 from tests.test_serve_helpers import defect_png, model_file, png_bytes
 
 if os.environ.get("NORMALCY_SKIP_BROWSER") == "1":
@@ -34,29 +31,8 @@ def db_server(tmp_path_factory):
     model = model_file(tmp_path_factory.mktemp("history-browser-model"))
     root = tmp_path_factory.mktemp("history-browser")
     db = root / "inspections.sqlite"
-    port = _free_port()
-    log = root / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "normalcy.apps.cli", "--threads", "2", "serve", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port), "--db", str(db)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start (exit {proc.poll()}):\n{log.read_text()}")
-            time.sleep(0.25)
+    with serving(model, root / "server.log", "--db", str(db)) as url:
         yield url, db
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def feed(url: str) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,15 +30,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`normalcy serve` in its own process on a free loopback port; yields the base URL."""
-    model = model_file(tmp_path_factory.mktemp("serve-model"))
+@contextmanager
+def serving(model: Path, log: Path, *options: str) -> Iterator[str]:
+    """`normalcy serve MODEL [OPTIONS]` in its own process on a free loopback port; yields the base URL once /health
+    answers and stops the process afterwards."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "normalcy.apps.cli", "--threads", "2", "serve", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+                                 "--host", "127.0.0.1", "--port", str(port), *options],
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -54,6 +56,14 @@ def server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`normalcy serve` in its own process on a free loopback port; yields the base URL."""
+    model = model_file(tmp_path_factory.mktemp("serve-model"))
+    with serving(model, tmp_path_factory.mktemp("serve-log") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -132,15 +133,20 @@ def _build(path: Path, names: list[str], columns: list, label_column: str | int 
     return Table(X=X, y=y, columns=names, categorical=categorical, path=str(path))
 
 
+def sniffed_reader(fh: TextIO) -> Any:
+    """A csv.reader for an open text file whose delimiter (comma, semicolon or tab) is sniffed from its start."""
+    sample = fh.read(65536)
+    fh.seek(0)
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    return csv.reader(fh, dialect)
+
+
 def _read_csv(path: Path, label_column: str | int | None, header: bool | None) -> Table:
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        sample = fh.read(65536)
-        fh.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        rows = [r for r in csv.reader(fh, dialect) if r and any(c.strip() for c in r)]
+        rows = [r for r in sniffed_reader(fh) if r and any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{path}: the file holds no rows")
     if header is None:  # a first row without any number is a header

@@ -94,14 +94,10 @@ def read_cells(path: Path) -> Cells:
         cols = [c.to_pylist() for c in t.columns]
         rows = [list(r) for r in zip(*cols)] if cols else []
         return Cells(list(t.column_names), rows, list(range(1, len(rows) + 1)))
+    from normalcy.data.tables import sniffed_reader
+
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        sample = fh.read(65536)
-        fh.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        reader = csv.reader(fh, dialect)
+        reader = sniffed_reader(fh)
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path}: the file is empty")
