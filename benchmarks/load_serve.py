@@ -7,6 +7,7 @@ Prints throughput, p50/p90/p99 latency, errors by status, and the server's resid
 Traffic goes to 127.0.0.1 only; request count and run time are both bounded.
 
     python benchmarks/load_serve.py [model.normalcy] [--requests 200] [--concurrency 16] [--max-seconds 600]
+        [--images IMG ...]   # upload these instead of synthetic tiles
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
     """A multipart/form-data body with one `files` part."""
     boundary = uuid.uuid4().hex
     head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode()
+            f"Content-Type: image/{'jpeg' if name.lower().endswith(('.jpg', '.jpeg')) else 'png'}\r\n\r\n").encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-seconds", type=float, default=600, help="stop sending after this long (default 600)")
     ap.add_argument("--n-train", type=int, default=20, help="synthetic normal images to fit on (default 20)")
+    ap.add_argument("--images", nargs="+", type=Path, help="test images to upload (default: synthetic tiles)")
     args = ap.parse_args(argv)
     if not 1 <= args.requests <= 10_000 or not 1 <= args.concurrency <= 64:
         raise SystemExit("--requests must be 1..10000 and --concurrency 1..64")
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="normalcy-load-") as tmp:
         work = Path(tmp)
         if args.model:
-            model, images = Path(args.model), synthetic_test_images(work)
+            model, images = Path(args.model), args.images or synthetic_test_images(work)
         else:
             model, images = fit_default_model(work, args.n_train)
         bodies = [multipart(p.name, p.read_bytes()) for p in images]

@@ -11,12 +11,13 @@ from normalcy.detectors.series import (
     SeriesDetector,
     composite_f1,
     label_events,
+    past_knn_distances,
     read_nab,
     series_metrics,
     sliding_windows,
     window_to_point_scores,
 )
-from normalcy.errors import ShapeError
+from normalcy.errors import ParameterError, ShapeError
 
 
 def test_sliding_windows_univariate_and_multivariate():
@@ -102,6 +103,62 @@ def test_multivariate_with_differencing():
     test[150, 1] += 3
     s = det.score(test).scores
     assert s[150] == s.max() and s[:120].max() < s.max()  # every window covering the spike scores it
+
+
+def test_past_knn_distances_match_brute_force():
+    Z = np.random.default_rng(0).normal(size=(40, 3))
+    d = past_knn_distances(Z, k=3, exclusion=5, memory_mb=0.001)  # tiny budget: many query blocks
+    for i in range(40):
+        past = np.sort(np.linalg.norm(Z[: max(i - 5 + 1, 0)] - Z[i], axis=1))[:3]
+        expected = np.concatenate([past, np.full(3 - len(past), np.inf)])
+        np.testing.assert_allclose(d[i], expected, rtol=1e-9)
+
+
+def test_past_memory_flags_a_level_shift_once():
+    train = sine(600, 0)
+    test = sine(900, 1)
+    test[300:] += 3.0  # a new level that persists
+    scores = {m: SeriesDetector(window=20, memory=m).fit(train).score(test).scores for m in ("fit", "past")}
+    # fitted windows only: the whole new level stays anomalous
+    assert scores["fit"][800:].min() > 3 * np.median(scores["fit"][:250])
+    # with the series' own past: the onset is flagged, the level is normal once it has been seen
+    past = scores["past"]
+    assert past[290:330].max() > 5 * np.median(past[:250])
+    assert np.median(past[800:]) < 2 * np.median(past[:250])
+
+
+def test_past_memory_scoring_the_fitted_series_further_on():
+    """Scoring a series that starts with the fit stretch counts each fitted window once (its own past)."""
+    full = sine(700, 3)
+    det = SeriesDetector(window=10, calibration_fraction=0.0).fit(full[:400])
+    assert det._memory() == "past" and det.detector_.n_neighbors == 2
+    got = det.score(full).scores
+    rows, _ = sliding_windows(full, 10)
+    knn = det.detector_
+    Z = (rows - knn.center_) / knn.scale_
+    inside = 400 - 10 + 1  # windows wholly inside the fit stretch are scored against the fit
+    brute = [np.sort(np.linalg.norm(Z[: i - 10 + 1] - Z[i], axis=1))[:2].mean() for i in range(inside, len(Z))]
+    expected = window_to_point_scores(np.array(brute), np.arange(inside, len(Z)), 10, 700)
+    np.testing.assert_allclose(got[420:], expected[420:], rtol=1e-9)
+
+
+def test_past_memory_after_a_fit_stretch_shorter_than_two_windows():
+    full = sine(300, 4)
+    det = SeriesDetector(window=30, calibration_fraction=0.0).fit(full[:45])  # 16 fitted windows, none "past" yet
+    assert np.isfinite(det.score(full).scores).all()
+
+
+def test_memory_choices_and_old_models():
+    with pytest.raises(ParameterError, match="memory='past' needs detector='knn'"):
+        SeriesDetector(window=10, detector="pca", memory="past").fit(sine(300, 0))
+    assert SeriesDetector(window=10, detector="pca").fit(sine(300, 0))._memory() == "fit"
+    det = SeriesDetector(window=10).fit(sine(300, 0))
+    arrays = {k: v for k, v in det._state_arrays().items() if k != "fit_series"}  # as saved before "past"
+    old = SeriesDetector(**det.get_params())
+    old._load_state(arrays, json.loads(json.dumps(det._state_meta())))
+    assert old.memory == "fit" and old.detector_.n_neighbors == 5
+    as_before = SeriesDetector(window=10, memory="fit", detector_params={"n_neighbors": 5}).fit(sine(300, 0))
+    np.testing.assert_array_equal(old.score(sine(200, 1)).scores, as_before.score(sine(200, 1)).scores)
 
 
 def test_read_nab(tmp_path):

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from normalcy.apps.serve import ServeSettings, create_app  # noqa: E402
 from normalcy.calibration.conformal import conformal_p_values  # noqa: E402
+from normalcy.detectors.image.patchcore import DEFAULT_BACKBONE  # noqa: E402
 from tests.test_serve_helpers import defect_png, model_file, normal_png, png_bytes  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def test_health_and_model(client):
     assert h["queue"]["capacity"] == h["queue"]["workers"] + h["queue"]["queue_size"]
     m = client.get("/model").json()
     assert m["detector"] == "patchcore" and m["image_size"] == 64
-    assert m["backbone"]["name"] == "efficientnet_lite0" and len(m["backbone"]["weights_sha256"]) == 64
+    assert m["backbone"]["name"] == DEFAULT_BACKBONE and len(m["backbone"]["weights_sha256"]) == 64
     assert m["default_alpha"] == 0.2 and m["calibration"]["method"] == "holdout"
     cal = m["calibration"]
     assert cal["n"] == len(cal["scores"]) == 10 and cal["scores"] == sorted(cal["scores"])

@@ -63,7 +63,7 @@ def test_text_and_series_modes(tmp_path, monkeypatch):
     monkeypatch.setattr(minilm, "available", lambda: False)  # keep the test fast: no MiniLM / fused rows
     from normalcy.apps.bench import vector as bench_vector
 
-    # and no matrix-profile rows (stumpy's numba compile takes minutes); tested on its own below when installed
+    # and no matrix-profile rows (stumpy's numba compile takes minutes); its z-normalized distance is tested below
     monkeypatch.setattr(bench_vector, "stumpy_missing_reason", lambda: "skipped in this test")
     rng = np.random.default_rng(0)
     lines = [
@@ -111,6 +111,18 @@ def test_text_and_series_modes(tmp_path, monkeypatch):
     assert series["normalcy"]["auroc"] > 0.8 and "event_f1" in series["normalcy"]
     assert set(series) == {"normalcy", "baseline"}  # no matrix-profile row when stumpy is unavailable
 
+
+
+def test_znorm_distance_of_matrix_profile_pairs():
+    from normalcy.apps.bench.vector import _znorm_distance
+
+    series = np.array([0.0, 1, 2, 4, 8, 7, 6, 0, 3])
+    d = _znorm_distance(series, 3, np.array([0, 1, 5, 6]), np.array([-1, 0, 1, 0]))
+    assert np.isnan(d[0])  # no left neighbour
+    z = lambda w: (w - w.mean()) / w.std()  # noqa: E731
+    assert d[1] == pytest.approx(np.linalg.norm(z(series[1:4]) - z(series[0:3])))
+    assert d[2] == pytest.approx(np.linalg.norm(z(series[5:8]) - z(series[1:4])))
+    assert d[3] == pytest.approx(np.linalg.norm(z(series[6:9]) - z(series[0:3])))
 
 
 @pytest.mark.parametrize("name", ["knn", "iforest"])

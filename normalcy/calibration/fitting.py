@@ -22,7 +22,17 @@ from normalcy.calibration.conformal import (
     unreachable_note,
 )
 from normalcy.calibration.folds import fold_scores, snapshot
-from normalcy.calibration.groups import AUTO, as_labels, find_modes, item_descriptors
+from normalcy.calibration.groups import (
+    AUTO,
+    SUBFOLDERS,
+    GroupModel,
+    as_labels,
+    find_modes,
+    folder_name,
+    item_descriptors,
+    item_path,
+    resolve_groups,
+)
 from normalcy.calibration.uncertainty import INTERVAL_LEVEL, decision_status, p_interval
 from normalcy.errors import ParameterError
 
@@ -55,19 +65,29 @@ def plan_folds(labels: np.ndarray | None, n: int, fraction: float, alpha: float,
     return "cross-conformal", folds
 
 
-def fit_groups(detector: Any, items: Any, groups: Any, alpha: float) -> tuple[np.ndarray | None, Any]:
-    """Group label per fit item (given, or modes found by k-means for `"auto"`; None = one pool) and the mode model."""
+def fit_groups(detector: Any, items: Any, groups: Any, alpha: float) -> tuple[np.ndarray | None, Any, str | None]:
+    """Group label per fit item (given, or modes found by k-means for `"auto"`; None = one pool), the mode model, and
+    how predict assigns a new item's group (None: by the model or the caller; "subfolders"/"table": nearest centre)."""
     if groups is None:
-        return None, None
+        return None, None, None
+    spec, groups = groups, resolve_groups(groups, items)
     if isinstance(groups, str) and groups == AUTO:
         need = int(np.ceil(1.0 / alpha - 1e-9)) - 1
         min_size = int(np.ceil(need / max(float(getattr(detector, "calibration_fraction", 0.2)), 1e-9)))
         labels, model = find_modes(item_descriptors(items, detector.kind), min_size=min_size,
                                    seed=int(getattr(detector, "seed", 0)))
-        return (labels if model is not None else None), model
+        return (labels if model is not None else None), model, None
     if isinstance(groups, str):
-        raise ParameterError(f"groups must be one label per item or 'auto', got {groups!r}")
-    return as_labels(groups, len(items)), None
+        raise ParameterError(f"groups must be one label per item, 'auto', 'subfolders' or a .csv file (path,group), "
+                             f"got {groups!r}")
+    labels = as_labels(groups, len(items))
+    if groups is spec:  # labels given by the caller: predict takes them too
+        return labels, None, None
+    if len(np.unique(labels)) < 2:  # one sub-folder / one group in the CSV: a single pool
+        return None, None, None
+    # from sub-folders or a CSV: new items without a label go to the nearest group centre
+    rule = SUBFOLDERS if str(spec) == SUBFOLDERS else "table"
+    return labels, GroupModel.nearest_centres(item_descriptors(items, detector.kind), labels), rule
 
 
 def fit_calibrated(detector: Any, items: Any, groups: Any = None) -> None:
@@ -77,7 +97,7 @@ def fit_calibrated(detector: Any, items: Any, groups: Any = None) -> None:
     fraction = float(getattr(detector, "calibration_fraction", 0.2))
     if not 0.0 <= fraction < 1.0:
         raise ParameterError(f"calibration_fraction must be in [0, 1), got {fraction}")
-    labels, group_model = fit_groups(detector, items, groups, alpha)
+    labels, group_model, group_rule = fit_groups(detector, items, groups, alpha)
     method, folds = plan_folds(labels, n, fraction, alpha, int(getattr(detector, "seed", 0)))
     states, per_fold, cal_idx_all, maps = [], [], [], []
     for train_idx, cal_idx in folds:
@@ -93,6 +113,7 @@ def fit_calibrated(detector: Any, items: Any, groups: Any = None) -> None:
         detector._fit(items)  # the model behind scores and maps; p-values come from the fold models
     detector.fold_states_ = states or None  # set only once fitting succeeded (a failed fit stays unfitted)
     detector.group_model_ = group_model
+    detector.group_rule_ = group_rule
     detector.calibration_ = build_calibration(method, per_fold, cal_idx_all, labels, maps,
                                               int(getattr(detector, "seed", 0)))
 
@@ -124,6 +145,10 @@ def score_items(detector: Any, items: Any) -> Any:
     model = getattr(detector, "group_model_", None)
     if model is not None:
         result.groups = model.assign(item_descriptors(items, detector.kind))
+        if getattr(detector, "group_rule_", None) == SUBFOLDERS:  # a file in a known group's folder: that group
+            known = set(model.labels or ())
+            folders = [None if item_path(it) is None else folder_name(item_path(it)) for it in items]
+            result.groups = np.array([f if f in known else g for f, g in zip(folders, result.groups)])
     return result
 
 
@@ -182,6 +207,12 @@ def calibration_arrays(detector: Any, prefix: str) -> tuple[dict[str, np.ndarray
     model = getattr(detector, "group_model_", None)
     if model is not None:
         arrays |= {f"{prefix}group_model/{k}": v for k, v in model.state().items()}
+        meta["group_labels"] = list(model.labels) if model.labels else None
+        meta["group_rule"] = getattr(detector, "group_rule_", None)
+    refiner = getattr(detector, "refiner_", None)  # the second look (detectors/image/refine.py), duck-typed
+    if refiner is not None:
+        refine_arrays, meta["refine"] = refiner.state()
+        arrays |= {f"{prefix}refine/{k}": v for k, v in refine_arrays.items()}
     states = getattr(detector, "fold_states_", None) or []
     meta["fold_models"] = []
     from normalcy.calibration.folds import using
@@ -197,8 +228,6 @@ def calibration_arrays(detector: Any, prefix: str) -> tuple[dict[str, np.ndarray
 def restore_calibration(detector: Any, cal: Calibration, arrays: dict[str, np.ndarray], meta: dict[str, Any],
                         prefix: str) -> None:
     """Inverse of `calibration_arrays` (pops the arrays it reads); the main state must be loaded already."""
-    from normalcy.calibration.groups import GroupModel
-
     if meta.get("folds"):
         cal.fold_scores = [np.sort(arrays.pop(f"{prefix}fold{k}")) for k in range(meta["folds"])]
     for g in meta.get("groups", []):
@@ -206,8 +235,14 @@ def restore_calibration(detector: Any, cal: Calibration, arrays: dict[str, np.nd
         if meta.get("folds"):
             sub.fold_scores = [np.sort(arrays.pop(f"{prefix}group/{g}/fold{k}")) for k in range(meta["folds"])]
         cal.groups[g] = sub
+    if "refine" in meta:  # rebuilt by detectors/image/refine.py when first used (calibration sits below detectors)
+        head = f"{prefix}refine/"
+        detector.refiner_ = None
+        detector._refine_state = ({k[len(head):]: arrays.pop(k) for k in [k for k in arrays if k.startswith(head)]},
+                                  meta["refine"])
     gm = {k.rsplit("/", 1)[1]: arrays.pop(k) for k in [k for k in arrays if k.startswith(prefix + "group_model/")]}
-    detector.group_model_ = GroupModel.from_state(gm) if gm else None
+    detector.group_model_ = GroupModel.from_state(gm, meta.get("group_labels")) if gm else None
+    detector.group_rule_ = meta.get("group_rule")
     states = []
     own = snapshot(detector)
     for k, state_meta in enumerate(meta.get("fold_models", [])):

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-KEEP = ("calibration_", "n_fit_", "fold_states_", "group_model_", "model_meta_", "_model_path")
+KEEP = ("calibration_", "n_fit_", "fold_states_", "group_model_", "model_meta_", "_model_path", "refiner_",
+        "_refine_state", "group_rule_")
 
 
 def snapshot(detector: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ IMAGE_DETECTORS: dict[str, str] = {
     "dictionary": "normalcy.detectors.image.dictionary:Dictionary",
     "reference": "normalcy.detectors.image.reference:Reference",
     "musc": "normalcy.detectors.image.musc:MuSc",
+    "zeroshot": "normalcy.detectors.image.zeroshot:ZeroShot",
     "inp": "normalcy.detectors.image.inp:INP",
     "simplenet": "normalcy.detectors.image.simplenet:SimpleNet",
     "fastflow": "normalcy.detectors.image.fastflow:FastFlow",
@@ -28,6 +29,11 @@ IMAGE_DETECTORS: dict[str, str] = {
     "semisup": "normalcy.detectors.image.semisup:SemiSupervised",
 }
 DETECTORS = IMAGE_DETECTORS  # the image registry under its old name
+# Image detectors that need the user's own model files (CLIP weights + merges file by local path): registered, but
+# kept out of DETECTORS, whose contract tests fit every detector with its defaults (tests/test_clip*.py cover them).
+USER_WEIGHTS_DETECTORS: dict[str, str] = {
+    "clip": "normalcy.detectors.image.clip_zeroshot:ClipZeroShot",
+}
 TEXT_SERIES_DETECTORS: dict[str, str] = {
     "text": "normalcy.detectors.text:TextDetector",
     "series": "normalcy.detectors.series:SeriesDetector",
@@ -39,7 +45,8 @@ def registry() -> dict[str, str]:
     from normalcy.detectors.vector import VECTOR_DETECTORS
     from normalcy.detectors.video import VIDEO_DETECTORS
 
-    return {**IMAGE_DETECTORS, **VECTOR_DETECTORS, **TEXT_SERIES_DETECTORS, **VIDEO_DETECTORS}
+    return {**IMAGE_DETECTORS, **USER_WEIGHTS_DETECTORS, **VECTOR_DETECTORS, **TEXT_SERIES_DETECTORS,
+            **VIDEO_DETECTORS}
 
 
 def detector_class(name: str) -> type:

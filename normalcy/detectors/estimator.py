@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from functools import cache
 from typing import Any, Self
 
 from normalcy.errors import NotFittedError, ParameterError
@@ -13,8 +14,8 @@ class Estimator:
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+        """The `__init__` parameter names (cached per class: cross-conformal fits ask for them many times)."""
+        return list(_init_param_names(cls))
 
     def _store_params(self, values: dict[str, Any]) -> None:
         """sklearn rule: every `__init__` argument stored as-is under its own name (call first, with `locals()`)."""
@@ -59,3 +60,10 @@ class Estimator:
 def clone(estimator: Estimator) -> Estimator:
     """A new unfitted estimator with the same parameters."""
     return type(estimator)(**estimator.get_params())
+
+
+@cache
+def _init_param_names(cls: type) -> tuple[str, ...]:
+    """The names in `cls.__init__`'s signature, without `self` and `**kwargs`."""
+    sig = inspect.signature(cls.__init__)
+    return tuple(p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD)

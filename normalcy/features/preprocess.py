@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,17 +122,40 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
+@functools.lru_cache(maxsize=256)
+def axis_operator(grid: int, canvas: int, start: int, inner: int, out: int, sigma: float) -> torch.Tensor:
+    """One axis of `restore_maps` as an out×grid matrix: bilinear upsampling to the canvas, Gaussian blur (reflect
+    padding), crop to the image's part of the canvas, bilinear resize to its own size.
+
+    Every step is linear and acts on each axis separately, so running them on the grid's unit vectors gives the
+    matrix; a map is then restored by two small matrix products (cached per size), not by blurring a canvas.
+    """
+    x = torch.eye(grid)[:, None, :]  # the unit vectors as `grid` one-channel signals
+    x = F.interpolate(x, size=canvas, mode="linear", align_corners=False)
+    if sigma > 0:
+        k = gaussian_kernel1d(sigma)
+        r = (k.numel() - 1) // 2
+        x = F.conv1d(F.pad(x, (r, r), mode="reflect"), k.view(1, 1, -1))
+    x = x[..., start : start + inner]
+    if inner != out:
+        x = F.interpolate(x, size=out, mode="linear", align_corners=False)
+    return x[:, 0, :].T.contiguous()
+
+
 def restore_maps(
     maps: torch.Tensor, placements: Sequence[Placement], size: Canvas, sigma: float = 4.0
 ) -> list[np.ndarray]:
-    """Feature-grid maps (B×h×w) → smoothed maps at each image's own size (float32 H×W arrays)."""
-    up = F.interpolate(maps[:, None].float(), size=canvas_hw(size), mode="bilinear", align_corners=False)[:, 0]
-    up = gaussian_blur(up, sigma)
+    """Feature-grid maps (B×h×w) → smoothed maps at each image's own size (float32 H×W arrays).
+
+    Same result as upsampling to the canvas, blurring, cropping and resizing (to float rounding), computed as
+    rows @ map @ columns with the per-axis operators of `axis_operator`.
+    """
+    ch, cw = canvas_hw(size)
+    gh, gw = (int(v) for v in maps.shape[-2:])
     out = []
-    for m, pl in zip(up, placements):
-        inner = m[pl.top : pl.top + pl.inner_h, pl.left : pl.left + pl.inner_w]
-        if (pl.inner_h, pl.inner_w) != (pl.height, pl.width):
-            inner = F.interpolate(inner[None, None], size=(pl.height, pl.width), mode="bilinear",
-                                  align_corners=False)[0, 0]
-        out.append(inner.contiguous().numpy().astype(np.float32, copy=False))
+    with torch.inference_mode():
+        for m, pl in zip(maps.float(), placements):
+            rows = axis_operator(gh, ch, pl.top, pl.inner_h, pl.height, float(sigma))
+            cols = axis_operator(gw, cw, pl.left, pl.inner_w, pl.width, float(sigma))
+            out.append((rows @ m @ cols.T).numpy())
     return out

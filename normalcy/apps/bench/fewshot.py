@@ -140,7 +140,7 @@ def run_zero_shot(category: Path, name: str, params: dict[str, Any], timing_imag
     det.progress = False
     by_chunk = {}
     sub = test[:: max(1, len(test) // max(timing_images, 2))][: max(timing_images, 2)]
-    for size in MUSC_TIMING_CHUNKS:
+    for size in MUSC_TIMING_CHUNKS if hasattr(det, "chunk_size") else ():  # batch detectors: cost by chunk size
         probe = create_detector(name, **{**params, "chunk_size": size, "progress": False}).fit()
         t1 = time.perf_counter()
         n_t = min(len(test), size)
@@ -149,9 +149,13 @@ def run_zero_shot(category: Path, name: str, params: dict[str, Any], timing_imag
     backbone = [_backbone_ms(det, s) for s in sub]
     row = result_row(category, name, det, test, result, masks_for(test, result.maps), 0.0, 0,
                      (1000 * total_s / len(test), statistics.median(backbone)))
-    row.update(shots=0, seed=det.seed, chunk_size=det.chunk_size, ms_per_image_by_chunk=by_chunk,
+    row.update(shots=0, seed=det.seed, chunk_size=getattr(det, "chunk_size", None), ms_per_image_by_chunk=by_chunk,
                cpu_ms_per_image=1000 * cpu_s / len(test), anomalous_share=getattr(det, "anomalous_share_", None),
                timing_note="predict_ms_median = whole-batch scoring time / n_test (batch scoring, not batch 1)")
+    seen = getattr(det, "head_meta_", {}).get("trained_on", [])
+    if category.name in seen:  # a transfer-learned head that saw this set: an in-domain figure, not a zero-shot one
+        row["note"] = f"the zero-shot head was trained on {category.name}: in-domain, not a zero-shot figure"
+        echo(f"[bench] warning: {row['note']}")
     echo(format_table([row]) + f"\n[bench] {name} ms/image by chunk size: {by_chunk}")
     return [row]
 

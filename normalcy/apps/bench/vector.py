@@ -244,25 +244,50 @@ def stumpy_missing_reason() -> str | None:
     return None
 
 
-def stumpy_scores(values: np.ndarray, n_fit: int, window: int) -> np.ndarray:
-    """Matrix-profile discord scores (stumpy): each window's z-normalized distance to its nearest window of the
-    fit stretch (AB-join), spread to timestamps as the max over covering windows (first channel only)."""
+def stumpy_scores(values: np.ndarray, n_fit: int, window: int, join: str = "ab") -> np.ndarray:
+    """Matrix-profile discord scores (stumpy), spread to timestamps as the max over covering windows (first channel).
+
+    join="ab": each window's z-normalized distance to its nearest window of the fit stretch (AB-join).
+    join="left": to its nearest EARLIER window of the same series (the left matrix profile of a self-join, the
+    causal peer of `SeriesDetector(memory="past")`).
+    """
     import stumpy
 
     from normalcy.detectors.series import _fill_edges, window_to_point_scores
 
     series = np.asarray(values, dtype=np.float64).reshape(len(values), -1)[:, 0]
-    profile = stumpy.stump(series, window, T_B=series[:n_fit], ignore_trivial=False)[:, 0].astype(np.float64)
+    if join == "ab":
+        profile = stumpy.stump(series, window, T_B=series[:n_fit], ignore_trivial=False)[:, 0].astype(np.float64)
+    else:
+        left = stumpy.stump(series, window)[:, 2].astype(np.int64)
+        profile = _znorm_distance(series, window, np.arange(len(left)), left)
     profile[~np.isfinite(profile)] = np.nanmax(profile[np.isfinite(profile)]) if np.isfinite(profile).any() else 0
     starts = np.arange(len(profile))
     return _fill_edges(window_to_point_scores(profile, starts, window, len(series), "max"))
 
 
-def run_series(path: Path, window: int, progress: bool = True) -> list[dict[str, Any]]:
-    """NAB: fit on the probationary first 15 % of each series, score the rest; point AUROC/AUPR + event F1."""
+def _znorm_distance(series: np.ndarray, window: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """z-normalized Euclidean distance between windows a[i] and b[i] (NaN where b[i] < 0: no such window)."""
+    w = np.lib.stride_tricks.sliding_window_view(series, window)
+    std = w.std(axis=1, keepdims=True)
+    z = np.where(std > 1e-8, (w - w.mean(axis=1, keepdims=True)) / np.where(std > 1e-8, std, 1.0), 0.0)
+    ok = b >= 0
+    out = np.full(len(a), np.nan)
+    out[ok] = np.linalg.norm(z[a[ok]] - z[b[ok]], axis=1)
+    return out
+
+
+def run_series(path: Path, window: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """NAB: fit on the probationary first 15 % of each series, score the rest; point AUROC/AUPR + event F1.
+
+    Our row is the default `SeriesDetector()` (or `window=` when given); the matrix-profile rows use the same
+    window.
+    """
     from normalcy.data.progress import progress_iter
     from normalcy.detectors.series import SeriesDetector, composite_f1, read_nab
 
+    params = {} if window is None else {"window": int(window)}
+    window = int(SeriesDetector(**params).window)
     rows = []
     use_stumpy = (reason := stumpy_missing_reason()) is None
     if reason:
@@ -273,16 +298,19 @@ def run_series(path: Path, window: int, progress: bool = True) -> list[dict[str,
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ours = SeriesDetector(window=window).fit(s.values[:n_fit]).score(s.values).scores
+            ours = SeriesDetector(**params).fit(s.values[:n_fit]).score(s.values).scores
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         base = zscore_scores(s.values, n_fit)
         base_s = time.perf_counter() - start
-        runs = [("normalcy", f"series-knn-w{window}", ours, ours_s), ("baseline", "zscore", base, base_s)]
+        runs = [("normalcy", f"series-default-w{window}", ours, ours_s), ("baseline", "zscore", base, base_s)]
         if use_stumpy and n_fit >= window:
-            start = time.perf_counter()
-            mp = stumpy_scores(s.values, n_fit, window)
-            runs.append(("stumpy", f"matrix-profile-w{window}", mp, time.perf_counter() - start))
+            for join in ("ab", "left"):
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    mp = stumpy_scores(s.values, n_fit, window, join)
+                runs.append(("stumpy", f"matrix-profile-{join}-w{window}", mp, time.perf_counter() - start))
         for library, det, scores, secs in runs:
             sc = scores[n_fit:]
             has = 0 < y.sum() < y.size
@@ -372,8 +400,8 @@ def print_other(rows: list[dict[str, Any]], out: Any = None) -> None:
     if not nab:
         return
     print(
-        f"\n{'NAB category':24s} {'library':9s} {'detector':20s} {'AUROC':>6s} {'AUPR':>6s} {'eventF1':>7s}"
-        f" {'series':>6s}",
+        f"\n{'NAB category':24s} {'library':9s} {'detector':24s} {'AUROC':>6s} {'AUPR':>6s} {'eventF1':>7s}"
+        f" {'series':>6s} {'seconds':>8s}",
         file=out,
     )
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -385,9 +413,10 @@ def print_other(rows: list[dict[str, Any]], out: Any = None) -> None:
         if not vals:
             continue
         m = {k: float(np.mean([r[k] for r in vals])) for k in ("auroc", "ap", "event_f1")}
+        secs = sum(r["seconds"] for r in vals)
         print(
-            f"{cat:24s} {lib:9s} {det:20s} {m['auroc']:6.3f} {m['ap']:6.3f} {m['event_f1']:7.3f} "
-            f"{len(vals):6d}",
+            f"{cat:24s} {lib:9s} {det:24s} {m['auroc']:6.3f} {m['ap']:6.3f} {m['event_f1']:7.3f} "
+            f"{len(vals):6d} {secs:8.1f}",
             file=out,
         )
 
@@ -412,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--text", type=Path, help="SMS Spam Collection file: chars, MiniLM, fused vs word TF-IDF+kNN")
     p.add_argument("--series", type=Path, help="NAB folder: windowed kNN vs matrix profile (stumpy) vs z-score")
-    p.add_argument("--window", type=int, default=32, help="series window length (default 32)")
+    p.add_argument("--window", type=int, default=None,
+                   help="series window length (default: the series detector's own, 64)")
     p.add_argument(
         "--torch-threads",
         type=int,

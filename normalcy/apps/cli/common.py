@@ -88,7 +88,8 @@ def add_detector_options(p: argparse.ArgumentParser, detector_default: str = "pa
     p.add_argument("--image-size", type=int, help="square network input size (default 256)")
     p.add_argument("--resize-mode", choices=("aspect", "stretch", "pad"),
                    help="how images are fitted to the network input (patchcore/padim default: aspect)")
-    p.add_argument("--backbone", help="backbone name (default efficientnet_lite0)")
+    p.add_argument("--backbone", help="backbone name (default: the detector's own; patchcore efficientnet_lite2, "
+                                      "the others efficientnet_lite0)")
     p.add_argument("--weights", help="local backbone weights file (.pth/.safetensors); never downloaded")
     p.add_argument("--param", action="append", type=parse_param, metavar="KEY=VALUE",
                    help="any other detector parameter, e.g. --param coreset_ratio=0.05 (repeatable)")

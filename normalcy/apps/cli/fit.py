@@ -24,8 +24,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--alpha", type=float, help="target false-alarm rate stored as the default (0.05)")
     p.add_argument("--from-db", help="also train on the images people confirmed normal in a `normalcy serve --db "
                    "--keep-images` history (SQLite file or URL); for semisup, confirmed anomalies become labelled ones")
-    p.add_argument("--groups", choices=["auto"], help="images: calibrate per normal mode found by k-means (product "
-                   "variants), so each mode keeps its own false-alarm rate (docs/calibration.md)")
+    p.add_argument("--groups", help="calibrate per group so each keeps its own false-alarm rate "
+                   "(docs/calibration.md): 'auto' (normal modes found by k-means), 'subfolders' (the folder holding "
+                   "each image; sub-folders are searched) or a CSV file with columns path,group")
+    p.add_argument("--refine", action="store_true", help="images: also fit the second, closer look that "
+                   "`normalcy predict --refine` gives images near alpha (tiles at higher resolution)")
     p.add_argument("--history-dir", help="that history's picture folder (default: beside a SQLite file)")
     add_detector_options(p)
     from normalcy.apps.cli.modalities import add_fit_options
@@ -50,17 +53,32 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     det = build_detector(args.detector, detector_params(args))
     ensure_writable(args.out)
-    train = normal_images_of(data)
+    if getattr(args, "groups", None) == "subfolders":  # the groups are the sub-folders: search them
+        from normalcy.data import load_folder
+
+        train = load_folder(data / "train" / "good" if (data / "train" / "good").is_dir() else data, recursive=True)
+    else:
+        train = normal_images_of(data)
     anomalies = _from_db(args, train) if getattr(args, "from_db", None) else None
     print(f"fitting {args.detector} on {len(train)} normal images from {data}")
     groups = {"groups": args.groups} if getattr(args, "groups", None) else {}
+    if getattr(args, "refine", False):
+        import inspect
+
+        from normalcy.errors import ParameterError
+
+        if "refine" not in inspect.signature(det.fit).parameters:
+            raise ParameterError(f"--refine: {args.detector} has no second look; use a feature-based image detector "
+                                 "(patchcore, padim)")
+        groups["refine"] = True
     if anomalies:
         det.fit(train, anomalies=anomalies)
     else:
         det.fit(train, **groups)
     path = det.save(args.out)
     cal = det.calibration_
-    print(f"saved {path} (calibration: {cal.method}, {cal.n} normal scores; alpha={det.alpha})")
+    groups_note = f", groups: {', '.join(f'{g} ({c.n})' for g, c in sorted(cal.groups.items()))}" if cal.groups else ""
+    print(f"saved {path} (calibration: {cal.method}, {cal.n} normal scores{groups_note}; alpha={det.alpha})")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ import sys
 
 from normalcy import __version__
 from normalcy.apps.cli.common import EXIT_ERROR
+from normalcy.apps.memory import keep_freed_memory
 from normalcy.errors import NormalcyError
 
 # Command name -> module in normalcy.apps.cli with `add_parser(sub)` and `run(args)`, in --help order.
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return vector_main(argv[1:])
         args = build_parser().parse_args(argv)
+        keep_freed_memory()  # large tensors reuse freed memory instead of page-faulting each call (apps/memory.py)
         if args.threads:
             import torch
 

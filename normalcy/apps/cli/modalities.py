@@ -37,7 +37,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--categorical", help="comma list of columns to treat as categorical (default: non-numeric ones)")
     g.add_argument("--text-column", help="CSV column holding one text per row (a .txt file is one text per line)")
     g.add_argument("--time-column", help="series: the CSV's time column (makes DATA a series)")
-    g.add_argument("--window", type=int, help="series: window length in rows (makes DATA a series; default 32)")
+    g.add_argument("--window", type=int, help="series: window length in rows (makes DATA a series; default 64)")
 
 
 def modality_of(data: Path, args: argparse.Namespace) -> str:

@@ -27,6 +27,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--alpha", type=float, help="target false-alarm rate (default: the model's)")
     p.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate of the defect mask (default 0.001)")
     p.add_argument("--no-images", action="store_true", help="do not write overlay and mask PNGs")
+    p.add_argument("--refine", action="store_true", help="images near alpha get a second, closer look (tiles at "
+                   "higher resolution; needs a model fitted with --refine; docs/calibration.md)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image read, in megapixels; larger ones become error rows (default 40)")
     p.add_argument("--batch-megapixels", type=float, default=160.0,
@@ -67,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         from normalcy.apps.export import load_onnx
 
         model = load_onnx(args.model, threads=args.threads)
+    if getattr(args, "refine", False):  # every predict call takes the second look (detectors/image/refine.py)
+        from normalcy.detectors.image.refine import Refined
+
+        model = Refined(model)
     n_rows, n_failed = predict_to_folder(
         model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
         write_images=not args.no_images, max_megapixels=args.max_megapixels,
@@ -107,8 +113,9 @@ def run_on_dask(args: argparse.Namespace) -> int:
     from normalcy.apps.distributed import predict_distributed
     from normalcy.errors import ParameterError
 
-    if getattr(args, "gallery", None) or getattr(args, "narrator_url", None):
-        raise ParameterError("--gallery and --narrator-url are not supported with --engine dask; use --engine local")
+    if getattr(args, "gallery", None) or getattr(args, "narrator_url", None) or getattr(args, "refine", False):
+        raise ParameterError("--gallery, --narrator-url and --refine are not supported with --engine dask; use "
+                             "--engine local")
     if Path(args.model).suffix.lower() == ".onnx":
         raise ParameterError("--engine dask scores .normalcy models; run ONNX models with --engine local")
     n_rows, n_failed = predict_distributed(

@@ -69,14 +69,23 @@ class ImageDetector(Detector):
     raw_features = False  # True: the detector consumes the backbone's stage outputs, not patch features
     border: float = 0.0  # fraction of the grid whose edge cells never decide the image score (see score_cells)
 
-    def fit(self, X: Any, y: Any = None, groups: Any = None) -> Self:
-        """Fit on normal images; with cross-fitting, features are extracted once and reused by every fold."""
+    def fit(self, X: Any, y: Any = None, groups: Any = None, refine: bool = False) -> Self:
+        """Fit on normal images; with cross-fitting, features are extracted once and reused by every fold.
+
+        `refine=True` also fits the second, closer look of `predict(..., refine=True)` (detectors/image/refine.py).
+        """
         items = self._prepare(X)
         self._fit_canvas(items)
         method, _ = calibration_folds(len(items), float(self.calibration_fraction), float(self.alpha), self.seed)
         if method == "cross-conformal":
             items = self._cache_features(items)
-        return super().fit(items, y, groups=groups)
+        super().fit(items, y, groups=groups)
+        self.refiner_ = None
+        if refine:
+            from normalcy.detectors.image.refine import fit_refiner
+
+            self.refiner_ = fit_refiner(self, items)
+        return self
 
     def _cache_features(self, items: list) -> list[CachedFeatures]:
         cached = []
@@ -141,6 +150,20 @@ class ImageDetector(Detector):
         224-of-256 centre crop of PatchCore's evaluation, without throwing the band away from the maps.
         """
         return erode(valid, border_cells(self.border, valid.shape[-2]))
+
+    def _calibrate_untrained(self, X: Any, method: str, warn: bool = True) -> Self:
+        """Fit for detectors with nothing to learn (zero-shot): given normal images, their scores become the
+        calibration set (`method` names how they were scored); without images there is no calibration."""
+        if X is None:
+            self._set_calibration("none", [], [])
+            self.n_fit_ = 0
+            return self
+        result = self._score(self._prepare(X))
+        self._set_calibration(method, [result.scores], result.maps or [])
+        self.n_fit_ = len(result.scores)
+        if warn:
+            self._warn_if_alpha_unreachable(float(self.alpha))
+        return self
 
     # ---- pipeline ---------------------------------------------------------------------------------------
     def _prepare(self, X: Any) -> list:
@@ -221,9 +244,12 @@ class ImageDetector(Detector):
     # ---- predictions that lose nothing ------------------------------------------------------------------
     def predict_iter(
         self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None, chunk: int = PREDICT_CHUNK,
-        groups: Any = None,
+        groups: Any = None, refine: bool = False,
     ) -> Iterator[Prediction]:
-        """Predictions in input order; an unreadable image yields a `status="error"` row, never a crash."""
+        """Predictions in input order; an unreadable image yields a `status="error"` row, never a crash.
+
+        `refine=True`: images near alpha get a second, closer look (a model fitted with `fit(..., refine=True)`).
+        """
         from normalcy.data import as_rgb_array
 
         self.check_fitted()
@@ -239,6 +265,10 @@ class ImageDetector(Detector):
             kw = {} if groups is None else {"groups": [g for i, g in enumerate(list(groups)[start : start + chunk])
                                                      if i not in errors]}  # overrides of decide may not take groups
             ok = self.decide(score_items(self, arrays), alpha, pixel_fpr, **kw) if arrays else []
+            if refine and ok:
+                from normalcy.detectors.image.refine import refine_predictions
+
+                ok = refine_predictions(self, arrays, ok, alpha, pixel_fpr)
             ok_iter = iter(ok)
             for i, it in enumerate(part):
                 if i in errors:
@@ -249,9 +279,10 @@ class ImageDetector(Detector):
                     yield pred
 
     def predict(self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None,
-                groups: Any = None) -> list[Prediction]:
+                groups: Any = None, refine: bool = False) -> list[Prediction]:
         """Calibrated predictions for every input image (errors become rows, see `predict_iter`)."""
-        return list(self.predict_iter(X, alpha, pixel_fpr, **({} if groups is None else {"groups": groups})))
+        return list(self.predict_iter(X, alpha, pixel_fpr, refine=refine,
+                                      **({} if groups is None else {"groups": groups})))
 
 
 def image_hw(item: Any) -> tuple[int, int]:

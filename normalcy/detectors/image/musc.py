@@ -94,14 +94,7 @@ class MuSc(FewShot):
     # ---- fit: nothing to learn; optional calibration batch -------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> Self:
         """Zero-shot: nothing is learned. Given normal images, their batch scores become the calibration set."""
-        if X is None:
-            self._set_calibration("none", [], [])
-            self.n_fit_ = 0
-            return self
-        result = self._score(self._prepare(X))
-        self._set_calibration("batch", [result.scores], result.maps or [])
-        self.n_fit_ = len(result.scores)
-        return self
+        return self._calibrate_untrained(X, "batch", warn=False)
 
     def _fit(self, items: list) -> None:  # never called: fit is overridden
         raise NotImplementedError
@@ -258,10 +251,11 @@ class MuSc(FewShot):
 
     # ---- predictions score the whole input as one batch -------------------------------------------------
     def predict_iter(
-        self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None, chunk: int | None = None
+        self, X: Any, alpha: float | None = None, pixel_fpr: float | None = None, chunk: int | None = None,
+        **kwargs: Any,
     ) -> Iterator[Prediction]:
         """Predictions in input order; the readable images are scored together (unreadable ones → error rows)."""
-        return super().predict_iter(X, alpha, pixel_fpr, chunk or 2**62)
+        return super().predict_iter(X, alpha, pixel_fpr, chunk or 2**62, **kwargs)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {}

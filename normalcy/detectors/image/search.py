@@ -12,6 +12,7 @@ from normalcy.errors import ParameterError
 
 DEFAULT_BUDGET_MB = 256
 CACHE_BYTES = 4 * 2**20
+QUERY_CHUNK = 4096  # IVF queries searched at once (a few images' cells): pairs × dims stays ~20 MB
 CHUNK_ROWS = 65536  # bank rows read at once from a memory-mapped bank (≈40 MB at 152 dims)
 
 Bank = torch.Tensor | np.ndarray  # an in-memory tensor, or a float32 array memory-mapped from a .npy file
@@ -192,34 +193,47 @@ class IVFIndex:
             raise ParameterError("a memory-mapped bank must be stored in IVF list order to be searched in place; "
                                  "write it with bank.write_list_ordered or PatchCore(bank_storage='mmap')")
         self.sorted_sq = squared_norms(self.sorted_bank)
+        self._starts = self.starts.tolist()  # plain ints: the search loop reads them once per list
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Approximate 1-NN: (Q distances, Q bank indices)."""
+        """Approximate 1-NN: (Q distances, Q bank indices).
+
+        The (query, probed list) pairs are grouped by list, so each list is one matrix product with all the
+        queries that probe it; ‖q‖² is added after the minimum (it does not change which entry is nearest).
+        Queries go in chunks of QUERY_CHUNK so the gathered (query, list) pairs stay small (~20 MB).
+        """
+        if queries.shape[0] > QUERY_CHUNK:
+            parts = [self.search(queries[s : s + QUERY_CHUNK]) for s in range(0, queries.shape[0], QUERY_CHUNK)]
+            return torch.cat([d for d, _ in parts]), torch.cat([i for _, i in parts])
         q = queries.float()
         p = min(self.n_probe, self.centroids.shape[0])
         _, probes = nearest_neighbors(q, self.centroids, p)  # Q×p list ids
-        pair_q = torch.arange(q.shape[0]).repeat_interleave(p)
         pair_l = probes.reshape(-1)
         by_list = torch.argsort(pair_l, stable=True)
-        pair_q, pair_l = pair_q[by_list], pair_l[by_list]
-        bounds = torch.searchsorted(pair_l, torch.arange(self.centroids.shape[0] + 1))
-        best_d = torch.full((pair_q.shape[0],), float("inf"))
-        best_i = torch.zeros(pair_q.shape[0], dtype=torch.long)
-        q_sq = q.pow(2).sum(1)
-        for lst in torch.nonzero(bounds[1:] > bounds[:-1])[:, 0].tolist():
-            a, b = int(bounds[lst]), int(bounds[lst + 1])
-            s, e = int(self.starts[lst]), int(self.starts[lst + 1])
-            if e == s:
+        pair_q = by_list // p  # the query of each pair, pairs in list order
+        bounds = torch.searchsorted(pair_l[by_list], torch.arange(self.centroids.shape[0] + 1)).tolist()
+        q_pairs = q[pair_q]
+        starts = self._starts
+        ds, ids = [], []
+        for lst in range(self.centroids.shape[0]):
+            a, b = bounds[lst], bounds[lst + 1]
+            if a == b:
                 continue
-            qi = pair_q[a:b]
-            d2 = torch.addmm(self.sorted_sq[None, s:e], q[qi], rows(self.sorted_bank, s, e).T, alpha=-2.0)
-            d2.add_(q_sq[qi, None])
+            s, e = starts[lst], starts[lst + 1]
+            if e == s:  # an empty list (possible with a memory-mapped bank's sampled k-means): never the nearest
+                ds.append(torch.full((b - a,), float("inf")))
+                ids.append(torch.zeros(b - a, dtype=torch.long))
+                continue
+            d2 = torch.addmm(self.sorted_sq[None, s:e], q_pairs[a:b], rows(self.sorted_bank, s, e).T, alpha=-2.0)
             v, i = d2.min(dim=1)
-            best_d[a:b], best_i[a:b] = v, i + s
-        # back to query order, then the best over each query's probes
-        inv = torch.empty_like(by_list)
-        inv[by_list] = torch.arange(by_list.shape[0])
-        best_d, best_i = best_d[inv].view(-1, p), best_i[inv].view(-1, p)
-        v, j = best_d.min(dim=1)
-        found = best_i.gather(1, j[:, None])[:, 0]
+            ds.append(v)
+            ids.append(i.add_(s))
+        best_d = torch.cat(ds).add_(q.pow(2).sum(1)[pair_q])
+        best_i = torch.cat(ids)
+        # back to query order (pair j of query i sits at i·p + j), then the best over each query's probes
+        d_q = torch.empty_like(best_d)
+        i_q = torch.empty_like(best_i)
+        d_q[by_list], i_q[by_list] = best_d, best_i
+        v, j = d_q.view(-1, p).min(dim=1)
+        found = i_q.view(-1, p).gather(1, j[:, None])[:, 0]
         return v.clamp_(min=0).sqrt_(), found if self.order is None else self.order[found]

@@ -1,8 +1,8 @@
 """Exact k-nearest-neighbour distances with a bounded memory footprint.
 
 Low-dimensional data goes through scipy's k-d tree (exact, multi-threaded, far less memory traffic than a
-brute-force distance matrix). Otherwise faiss's exact flat index is used when installed, else torch matrix
-products: squared distances |q|^2 - 2 q.r + |r|^2 are formed block by block (each block within
+brute-force distance matrix). Otherwise faiss's exact flat index is used when installed, else float32 matrix
+products (numpy's BLAS) and torch's top-k: -2 q.r + |r|^2 is formed block by block (each block within
 `memory_mb`), the k best candidates per query are kept, and their distances are recomputed exactly in float64.
 """
 
@@ -18,7 +18,7 @@ from normalcy.detectors.vector.checks import check_choice
 
 BACKENDS = ("auto", "kdtree", "torch", "faiss")
 KDTREE_MAX_DIM = 16  # above this a k-d tree prunes too little; brute force wins
-SMALL_CELLS = 2_000_000  # query x reference pairs up to which torch's matmul + top-k beats faiss (measured)
+SMALL_CELLS = 20_000_000  # query x reference pairs up to which the BLAS product + top-k beats faiss (measured)
 TINY_CELLS = 50_000  # ... and up to which it beats building a k-d tree even in low dimensions
 PARALLEL_MIN_CELLS = 50_000_000
 
@@ -54,17 +54,20 @@ def _exact(q: np.ndarray, reference: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.sort(np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)), axis=1)
 
 
-def _torch_candidates(
-    q: np.ndarray, ref: torch.Tensor, ref_sq: torch.Tensor, k: int, ref_block: int
-) -> np.ndarray:
-    qt = torch.from_numpy(q.astype(np.float32))
-    q_sq = (qt * qt).sum(1, keepdim=True)
+def _torch_candidates(q: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, k: int, ref_block: int) -> np.ndarray:
+    """Indices of each query's k nearest reference rows (float32, unordered).
+
+    The product is numpy's float32 BLAS (OpenBLAS: 2-5x faster than torch's single-threaded float32 matmul on
+    these shapes, measured), the selection torch's top-k (far faster than numpy's argpartition). |q|^2 is the
+    same for every reference of a query, so it is left out of the ranking.
+    """
+    q = np.ascontiguousarray(q, dtype=np.float32)
     best_d = best_i = None
     for rs in range(0, len(ref), ref_block):
-        r = ref[rs : rs + ref_block]
-        d2 = torch.addmm(ref_sq[rs : rs + ref_block].unsqueeze(0), qt, r.T, beta=1.0, alpha=-2.0)
-        d2 += q_sq
-        vals, idx = torch.topk(d2, min(k, d2.shape[1]), dim=1, largest=False, sorted=False)
+        d2 = q @ ref[rs : rs + ref_block].T
+        d2 *= -2.0
+        d2 += ref_sq[rs : rs + ref_block]
+        vals, idx = torch.topk(torch.from_numpy(d2), min(k, d2.shape[1]), dim=1, largest=False, sorted=False)
         idx += rs
         if best_d is not None:
             vals, idx = torch.cat([best_d, vals], 1), torch.cat([best_i, idx], 1)
@@ -76,8 +79,8 @@ def _torch_candidates(
 
 def _torch_knn(queries: np.ndarray, reference: np.ndarray, k: int, memory_mb: float) -> np.ndarray:
     shift = reference.mean(axis=0)  # centring keeps |x|^2 small, so float32 cancellation stays harmless
-    ref = torch.from_numpy((reference - shift).astype(np.float32))
-    ref_sq = (ref * ref).sum(1)
+    ref = np.ascontiguousarray(reference - shift, dtype=np.float32)
+    ref_sq = np.einsum("ij,ij->i", ref, ref)
     q_block, r_block = _block_sizes(len(queries), len(reference), memory_mb, cell_bytes=4)
     out = np.empty((len(queries), k))
     with torch.inference_mode():

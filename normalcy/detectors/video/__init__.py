@@ -4,4 +4,6 @@ from __future__ import annotations
 
 VIDEO_DETECTORS: dict[str, str] = {
     "video": "normalcy.detectors.video.motion:VideoMotion",
+    "video-predict": "normalcy.detectors.video.predict:VideoPredict",
+    "video-mil": "normalcy.detectors.video.mil:VideoMIL",
 }

@@ -1,9 +1,14 @@
 """The default video detector: how fast things move in each part of the frame, calibrated on normal clips.
 
-Each frame is turned grey and shrunk to `frame_height` rows; dense motion to the previous frame (OpenCV DIS optical
-flow, or frame differences without OpenCV: `flow.py`) is averaged over `cell`×`cell` cells; the frame's raw score is
-the mean of its `top_k` fastest cells, smoothed over the last `smooth` frames (causal, so streaming gives the same
-numbers as whole clips). The anomaly map is the blurred motion magnitude at the frame's own size.
+Each frame is turned grey and shrunk to `frame_height` rows; dense motion to the previous frame (OpenCV Farneback
+optical flow, or frame differences without OpenCV: `flow.py`) is averaged over `cell`×`cell` cells; the frame's raw
+score is the mean of its `top_k` fastest cells, averaged over a window of `smooth` frames. By default the window
+ends at the frame (causal, so a stream's decision comes with its frame); `lookahead` > 0 centres it on later
+frames, and each decision then waits that many frames. Streaming gives the same numbers as whole clips. The anomaly
+map is the blurred motion magnitude at the frame's own size.
+
+Subclasses (`predict.py`, `mil.py`) keep this pipeline and replace only `_cell_values`: what a frame's grid of cell
+speeds scores, given a bounded per-stream state.
 
 On UCSD Ped2 this beats the appearance (backbone patch-feature kNN) and per-position memories we tried: the
 anomalies (bikes, carts, skateboards) are what moves too fast, and people move at a similar speed everywhere
@@ -46,6 +51,7 @@ class VideoMotion(Detector):
         cell: int = 10,
         top_k: int = 10,
         smooth: int = 7,
+        lookahead: int = 0,
         sigma: float = 2.0,
         alpha: float = 0.05,
         pixel_fpr: float = 0.001,
@@ -56,6 +62,7 @@ class VideoMotion(Detector):
         self.cell = cell
         self.top_k = top_k
         self.smooth = smooth
+        self.lookahead = lookahead
         self.sigma = sigma
         self.alpha = alpha
         self.pixel_fpr = pixel_fpr
@@ -72,6 +79,9 @@ class VideoMotion(Detector):
                 raise ParameterError(f"{name} must be a whole number >= 1, got {value!r}")
         if self.frame_height < 2 * self.cell:
             raise ParameterError(f"frame_height ({self.frame_height}) must be at least 2 cells of {self.cell} px")
+        if not isinstance(self.lookahead, int) or not 0 <= self.lookahead < self.smooth:
+            raise ParameterError(f"lookahead must be a whole number from 0 to smooth - 1 ({self.smooth - 1}), "
+                                 f"got {self.lookahead!r}")
 
     # ---- the per-frame pipeline (shared by fit, score, predict and stream) -----------------------------------
     def _grey(self, rgb: np.ndarray) -> np.ndarray:
@@ -79,12 +89,23 @@ class VideoMotion(Detector):
         size = (max(1, round(w * self.frame_height / h)), int(self.frame_height))
         return np.asarray(Image.fromarray(rgb).convert("L").resize(size, Image.Resampling.BILINEAR))
 
-    def _frame_values(self, mag: np.ndarray, shape: tuple[int, int]) -> tuple[float, np.ndarray]:
+    def _new_state(self) -> Any:
+        """Per-stream memory for `_cell_values` (None here: the motion score looks at one frame)."""
+        return None
+
+    def _cell_values(self, cells: torch.Tensor, state: Any) -> tuple[float, np.ndarray | None]:
+        """Grid of cell speeds (gh×gw) → raw frame score, and a per-cell map (None = map the motion itself)."""
+        flat = cells.flatten()
+        return float(flat.topk(min(self.top_k, flat.numel())).values.mean()), None
+
+    def _frame_values(self, mag: np.ndarray, shape: tuple[int, int], state: Any) -> tuple[float, np.ndarray]:
         """Motion magnitude (working size) → raw frame score and the anomaly map at the frame's size."""
         m = torch.from_numpy(mag)[None, None]
         gh, gw = -(-m.shape[-2] // self.cell), -(-m.shape[-1] // self.cell)
-        cells = F.adaptive_avg_pool2d(m, (gh, gw)).flatten()
-        raw = float(cells.topk(min(self.top_k, cells.numel())).values.mean())
+        raw, cell_map = self._cell_values(F.adaptive_avg_pool2d(m, (gh, gw))[0, 0], state)
+        if cell_map is not None:  # per-cell values back to the working size, then treated like the motion
+            mag = np.asarray(Image.fromarray(cell_map.astype(np.float32), mode="F").resize(
+                (mag.shape[1], mag.shape[0]), Image.Resampling.BILINEAR))
         # scipy + PIL here: the torch blur/interpolate of one small map cost ~20x more per frame (docs/video.md)
         amap = ndi.gaussian_filter(mag, float(self.sigma), mode="reflect", truncate=4.0) if self.sigma > 0 else mag
         if amap.shape != tuple(shape):
@@ -95,24 +116,26 @@ class VideoMotion(Detector):
         """(frame, smoothed score, map) per frame in order; (frame, nan, None) for a frame that cannot be scored.
 
         The first readable frame has no predecessor: it is scored with the motion to the next frame, so its row comes
-        out one frame late. An unreadable frame restarts this (motion across a gap would look too fast).
+        out one frame late. An unreadable frame restarts this (motion across a gap would look too fast). With
+        `lookahead` L, a frame's row comes out L frames later (at the end of a clip or before a gap, at once).
         """
         field = MotionField(self.motion_)
-        recent: deque[float] = deque(maxlen=int(self.smooth))
+        window = _Window(back=int(self.smooth) - 1 - int(self.lookahead), ahead=int(self.lookahead))
+        state = self._new_state()
         prev: np.ndarray | None = None
         waiting: Frame | None = None
 
-        def emit(fr: Frame, mag: np.ndarray) -> tuple[Frame, float, np.ndarray]:
-            raw, amap = self._frame_values(mag, fr.image.shape[:2])
-            recent.append(raw)
-            return fr, float(np.mean(recent)), amap
+        def push(fr: Frame, mag: np.ndarray) -> Iterator[tuple[Frame, float, np.ndarray]]:
+            raw, amap = self._frame_values(mag, fr.image.shape[:2], state)
+            yield from window.push((fr, amap), raw)
 
         for fr in frames:
             if fr.image is None:
                 if waiting is not None:
                     waiting.error = "no readable neighbour frame: motion needs two consecutive frames"
                     yield waiting, float("nan"), None
-                prev, waiting = None, None
+                yield from window.flush()
+                prev, waiting, state = None, None, self._new_state()
                 yield fr, float("nan"), None
                 continue
             cur = self._grey(fr.image)
@@ -121,13 +144,36 @@ class VideoMotion(Detector):
                 continue
             mag = field(prev, cur)
             if waiting is not None:
-                yield emit(waiting, mag)
+                yield from push(waiting, mag)
                 waiting = None
-            yield emit(fr, mag)
+            yield from push(fr, mag)
             prev = cur
+        yield from window.flush()
         if waiting is not None:
             waiting.error = "clip has one readable frame here; motion needs two consecutive frames"
             yield waiting, float("nan"), None
+
+    def _cell_sequences(self, clips: list[Clip]) -> list[torch.Tensor]:
+        """T×gh×gw cell speeds of every run of readable frames in these clips (training data)."""
+        field, runs = MotionField(self.motion_), []
+        for clip in clips:
+            prev, seq = None, []
+            for fr in iter_frames(clip):
+                if fr.image is None:
+                    prev = None
+                    if len(seq) > 1:
+                        runs.append(torch.stack(seq))
+                    seq = []
+                    continue
+                cur = self._grey(fr.image)
+                if prev is not None:
+                    m = torch.from_numpy(field(prev, cur))[None, None]
+                    gh, gw = -(-m.shape[-2] // self.cell), -(-m.shape[-1] // self.cell)
+                    seq.append(F.adaptive_avg_pool2d(m, (gh, gw))[0, 0])
+                prev = cur
+            if len(seq) > 1:
+                runs.append(torch.stack(seq))
+        return runs
 
     # ---- fit ----------------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> Self:
@@ -136,6 +182,12 @@ class VideoMotion(Detector):
         check_alpha(self.alpha)
         clips = self._prepare(X)
         self.motion_ = resolve_motion(self.motion)
+        self._calibrate(clips)
+        self.n_fit_ = len(clips)
+        return self
+
+    def _calibrate(self, clips: list[Clip]) -> None:
+        """Score every readable frame of these normal clips; they become the calibration set (frames and pixels)."""
         scores, maps, shapes = [], [], set()
         for clip in clips:
             n_ok = 0
@@ -154,12 +206,10 @@ class VideoMotion(Detector):
         cal.pixel_fpr_levels = PIXEL_FPR_GRID.copy()
         cal.pixel_quantiles = pixel_quantiles(maps, seed=int(self.seed))
         self.calibration_ = cal
-        self.n_fit_ = len(clips)
         self.n_fit_frames_ = len(scores)
         if 1.0 / (cal.n + 1) > self.alpha:
-            warnings.warn(f"VideoMotion: {cal.n} normal frames cannot reach alpha={self.alpha}; give at least "
-                          f"{int(np.ceil(1 / self.alpha)) - 1} normal frames", UserWarning, stacklevel=2)
-        return self
+            warnings.warn(f"{type(self).__name__}: {cal.n} normal calibration frames cannot reach alpha={self.alpha}; "
+                          f"give at least {int(np.ceil(1 / self.alpha)) - 1}", UserWarning, stacklevel=3)
 
     # ---- scoring ------------------------------------------------------------------------------------------
     def _score(self, items: list[Clip]) -> ScoreResult:
@@ -201,7 +251,8 @@ class VideoMotion(Detector):
                pixel_fpr: float | None = None) -> Iterator[Prediction]:
         """Score a live frame iterator (arrays, paths or PIL images): one decision per frame, bounded memory.
 
-        Holds only the previous frame and the last `smooth` scores; the first frame's decision comes with the second.
+        Holds only the previous frame, the last `smooth` scores and `lookahead` pending frames; the first frame's
+        decision comes with the second, and with `lookahead` L every decision comes L frames late.
         """
         self.check_fitted()
         for _, pred in self._decide_stream(iter_frames(Clip("stream", iter(frames))), alpha, pixel_fpr):
@@ -232,6 +283,34 @@ class VideoMotion(Detector):
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.motion_ = resolve_motion(meta["motion"])  # a flow model needs OpenCV where it is loaded too
         self.n_fit_frames_ = int(meta.get("n_fit_frames", 0))
+
+
+class _Window:
+    """Mean of the raw scores from `back` frames before to `ahead` frames after each item; items wait for `ahead`."""
+
+    def __init__(self, back: int, ahead: int) -> None:
+        self.ahead = ahead
+        self.past: deque[float] = deque(maxlen=back)
+        self.pending: deque[tuple[Any, float]] = deque()
+
+    def _emit(self) -> tuple[Frame, float, np.ndarray]:
+        (fr, amap), raw = self.pending.popleft()
+        values = [*self.past, raw, *(r for _, r in self.pending)]
+        if self.past.maxlen:
+            self.past.append(raw)
+        return fr, float(np.mean(values)), amap
+
+    def push(self, item: Any, raw: float) -> Iterator[tuple[Frame, float, np.ndarray]]:
+        """Add one item; yield the item that now has its `ahead` frames (if any)."""
+        self.pending.append((item, raw))
+        if len(self.pending) > self.ahead:
+            yield self._emit()
+
+    def flush(self) -> Iterator[tuple[Frame, float, np.ndarray]]:
+        """Emit every waiting item with the frames there are (end of clip or before a gap), then start afresh."""
+        while self.pending:
+            yield self._emit()
+        self.past.clear()
 
 
 def _chain(first: Frame, rest: Iterator[Frame]) -> Iterator[Frame]:
