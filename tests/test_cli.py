@@ -139,6 +139,22 @@ def test_demo_prints_a_table_that_fits_100_columns(tmp_path):
     assert table[1].split()[:2] == ["tiles", "patchcore"]
 
 
+def test_demo_backbone_option_reaches_the_detector(monkeypatch, tmp_path):
+    import normalcy.apps.demo as demo_module
+    from normalcy.apps.cli.main import main
+
+    seen: list[dict] = []
+
+    def stop_at_the_detector(name, **params):
+        seen.append(params)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(demo_module, "create_detector", stop_at_the_detector)
+    with pytest.raises(RuntimeError, match="stop"):
+        main(["demo", "-o", str(tmp_path / "d"), "--backbone", "efficientnet_lite2"])
+    assert seen and seen[0]["backbone"] == "efficientnet_lite2"
+
+
 def test_bench_table_keeps_long_category_names_within_100_columns():
     from normalcy.apps.bench.images import format_table
 

@@ -44,4 +44,8 @@ def test_default_patchcore_onnx_same_neighbours_and_decisions(tmp_path):
     pa, pb = det.decide(a), onnx_model.decide(b)
     assert [p.is_anomaly for p in pb] == [p.is_anomaly for p in pa]
     assert [p.p_value for p in pb] == [p.p_value for p in pa]
-    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(pa, pb))
+    # masks threshold maps that agree within `tol`: a pixel may differ only where its value is that close to the bar
+    bar = det.calibration_.pixel_threshold(det.pixel_fpr)
+    for x, y, ma in zip(pa, pb, a.maps):
+        differ = x.mask != y.mask
+        assert differ.sum() <= 0.001 * differ.size and np.all(np.abs(ma[differ] - bar) <= tol)

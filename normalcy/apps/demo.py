@@ -14,8 +14,10 @@ from normalcy.detectors import create_detector
 from normalcy.explain.overlay import display_range, overlay
 
 
-def run_demo(out: Path, detector: str = "patchcore", seed: int = 0, echo=print, **data_kwargs) -> list[dict]:
-    """Generate the demo set under `out/data`, fit + evaluate per category, write overlays to `out/overlays`."""
+def run_demo(out: Path, detector: str = "patchcore", seed: int = 0, echo=print, params: dict | None = None,
+             **data_kwargs) -> list[dict]:
+    """Generate the demo set under `out/data`, fit + evaluate per category, write overlays to `out/overlays`
+    (`params`: detector parameters, e.g. {"backbone": "efficientnet_lite2"} to compare a setting on the demo)."""
     from normalcy.data import make_demo_dataset
 
     out = Path(out).resolve()
@@ -26,7 +28,7 @@ def run_demo(out: Path, detector: str = "patchcore", seed: int = 0, echo=print, 
     rows = []
     for category in find_categories(root):
         train, test = load_mvtec(category)
-        det = create_detector(detector, seed=seed)
+        det = create_detector(detector, seed=seed, **(params or {}))
         t0 = time.perf_counter()
         det.fit(train)
         fit_s = time.perf_counter() - t0

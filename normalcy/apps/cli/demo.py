@@ -14,10 +14,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-o", "--out", default="normalcy-demo", help="output folder (default ./normalcy-demo)")
     p.add_argument("--detector", default="patchcore")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", default=None, help="the detector's backbone (default: the detector's own)")
 
 
 def run(args: argparse.Namespace) -> int:
     from normalcy.apps.demo import run_demo
 
-    run_demo(Path(args.out), detector=args.detector, seed=args.seed)
+    params = {"backbone": args.backbone} if args.backbone else None
+    run_demo(Path(args.out), detector=args.detector, seed=args.seed, params=params)
     return EXIT_OK
