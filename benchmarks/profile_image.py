@@ -235,6 +235,22 @@ def profile_predict(det: Any, paths: list[Path], timer: StageTimer,
     return per_image, ms
 
 
+def set_up_run(root: Path, n_images: int, threads: int, keep_memory: bool = True) -> tuple[list[Path], bool]:
+    """What both image benchmarks do first (also benchmarks/throughput.py): torch threads, the allocator setting every
+    `normalcy` command uses, and a seeded pick of `n_images` test images. Returns (paths, whether memory is kept)."""
+    import numpy as np
+    import torch
+
+    from normalcy.apps.memory import keep_freed_memory
+    from normalcy.data import load_mvtec
+
+    torch.set_num_threads(threads)
+    kept = keep_freed_memory() if keep_memory else False
+    _, test = load_mvtec(root)
+    pick = np.random.default_rng(0).permutation(len(test))[:n_images]
+    return [Path(test[int(i)].path) for i in sorted(pick)], kept
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("root", help="an MVTec-layout category folder (train/good, test/*)")
@@ -248,18 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave the C allocator's defaults (the CLI keeps freed memory: normalcy/apps/memory.py)")
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
-    from normalcy.apps.memory import keep_freed_memory
-    from normalcy.data import load_mvtec
-
-    torch.set_num_threads(args.threads)
-    kept = False if args.no_keep_memory else keep_freed_memory()  # what every `normalcy` command does
     root = Path(args.root)
-    _, test = load_mvtec(root)
-    pick = np.random.default_rng(0).permutation(len(test))[: args.images]
-    paths = [Path(test[int(i)].path) for i in sorted(pick)]
+    paths, kept = set_up_run(root, args.images, args.threads, keep_memory=not args.no_keep_memory)
     load = os.getloadavg()
     print(f"# Profile: {root.name}, {len(paths)} test images, torch threads {torch.get_num_threads()}, "
           f"load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, freed memory kept: {kept}\n")

@@ -90,18 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave the C allocator's defaults (the CLI keeps freed memory: normalcy/apps/memory.py)")
     args = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
-    from normalcy.apps.memory import keep_freed_memory
-    from normalcy.data import load_mvtec
+    sys.path.insert(0, str(Path(__file__).parent))
+    from profile_image import set_up_run
 
-    torch.set_num_threads(args.threads)
-    kept = False if args.no_keep_memory else keep_freed_memory()  # what every `normalcy` command does
     root = Path(args.root)
-    _, test = load_mvtec(root)
-    pick = np.random.default_rng(0).permutation(len(test))[: args.images]
-    paths = [str(test[int(i)].path) for i in sorted(pick)]
+    picked, kept = set_up_run(root, args.images, args.threads, keep_memory=not args.no_keep_memory)
+    paths = [str(p) for p in picked]
     batches = [int(b) for b in args.batches.split(",")]
     params = parse_params(args.params)
     load = os.getloadavg()
@@ -129,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         if first_model is None:
             raise SystemExit("--serve needs --model-dir (the service loads the model from a file)")
-        sys.path.insert(0, str(Path(__file__).parent))
         import load_serve
 
         print(f"## Service: `normalcy serve` on {first_model.name}, {args.concurrency} concurrent clients\n")

@@ -104,17 +104,38 @@ def extract(det: ZeroShot, items: list, fractions=SELF_FRACTIONS) -> list[dict]:
     return out
 
 
+TENSOR_KEYS = ("x", "valid", "cover")
+
+
+def save_rows(rows: list[dict], path: Path) -> None:
+    """The cache as safetensors (tensors per row) + JSON metadata (part, label): never pickle."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{i}/{k}": r[k].contiguous() for i, r in enumerate(rows) for k in TENSOR_KEYS}
+    save_file(tensors, str(path), metadata={"rows": json.dumps([[r["part"], r["label"]] for r in rows])})
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Inverse of `save_rows`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["rows"])
+        return [{"part": part, "label": label, **{k: f.get_tensor(f"{i}/{k}") for k in TENSOR_KEYS}}
+                for i, (part, label) in enumerate(meta)]
+
+
 def cached_set(root: Path, det: ZeroShot, args: argparse.Namespace) -> list[dict]:
     """A set's head inputs from the cache, computed (and stored) when missing."""
     key = json.dumps([str(root.resolve()), det.feature_config(), args.synth, args.normals, args.seed,
                       list(SELF_FRACTIONS)])
-    path = Path(args.cache).expanduser() / f"{root.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.pt"
+    path = Path(args.cache).expanduser() / f"{root.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.safetensors"
     if path.is_file():
-        return torch.load(path, weights_only=False)
+        return load_rows(path)
     t0 = time.perf_counter()
     rows = extract(det, set_items(root, args.synth, args.normals, args.seed))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(rows, path)
+    save_rows(rows, path)
     print(f"[zeroshot] cached {len(rows)} images of {root} in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
     return rows
 
