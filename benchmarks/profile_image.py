@@ -226,6 +226,10 @@ def profile_predict(det: Any, paths: list[Path], timer: StageTimer,
             c0 = time.process_time()
             det.predict([p])
             ms["lib_cpu"].append(1000 * (time.process_time() - c0))
+            if write_images:  # the command's default since overlays became opt-in (`--images`): no PNGs
+                c0 = time.process_time()
+                predict_to_folder(det, [p], Path(tmp) / f"n{i}", write_images=False, batch=1)
+                ms["cli_plain_cpu"].append(1000 * (time.process_time() - c0))
             x, _ = prepare_batch([as_rgb_array(p)], det.canvas, det.input_mode)
             c0 = time.process_time()
             with torch.inference_mode():
@@ -287,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             [["backbone forward alone", f"{med['backbone_cpu']:.1f}", "1.00"],
              ["`det.predict([path])` (library; what `normalcy bench` times)", f"{med['lib_cpu']:.1f}",
               f"**{ratio(ms, 'lib_cpu'):.2f}**"],
-             [f"`normalcy predict` path, overlays {'off' if args.no_images else 'on'} (table below)",
-              f"{med['cli_cpu']:.1f}", f"**{ratio(ms, 'cli_cpu'):.2f}**"]]))
+             [f"`normalcy predict` path, overlays {'off' if args.no_images else 'on (`--images`)'} (table below)",
+              f"{med['cli_cpu']:.1f}", f"**{ratio(ms, 'cli_cpu'):.2f}**"]]
+            + ([["`normalcy predict` path, default (no overlays)", f"{med['cli_plain_cpu']:.1f}",
+                 f"**{ratio(ms, 'cli_plain_cpu'):.2f}**"]] if "cli_plain_cpu" in ms else [])))
         print(f"\n(wall ms of the `normalcy predict` path: median {med['cli_wall']:.1f}, under the load above)\n")
         print(markdown_table(["stage", "CPU ms/image (median)", "share"], stage_rows(per_image, ms["cli_cpu"])))
         print()

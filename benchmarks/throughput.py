@@ -1,4 +1,4 @@
-"""Images per second of image detectors at batch 1/8/32, and of the HTTP service under 16 concurrent clients.
+"""Images per second of image detectors at batch 1/8/16/32, and of the HTTP service under 16 concurrent clients.
 
 For each detector (fitted on the set's train/good, or loaded from --model-dir) the test images are scored with
 `predict` in chunks of the batch size, the backbone batch set to match (`batch_size`). Figures: wall images/s
@@ -7,7 +7,10 @@ machine). The service figures come from `benchmarks/load_serve.py`, run on the f
 set's own test images.
 
     OMP_NUM_THREADS=1 python benchmarks/throughput.py ../shared/data/magnetic_tile \
-        [--detectors patchcore,padim,vae] [--batches 1,8,32] [--images 64] [--model-dir DIR] [--serve]
+        [--detectors patchcore,padim,vae] [--batches 1,8,16,32] [--threads 1,2] [--images 64] [--model-dir DIR]
+        [--serve]
+
+With several `--threads` values each detector is measured at each torch thread count (rows `name, N threads`).
 """
 
 from __future__ import annotations
@@ -77,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("root", help="an MVTec-layout category folder (train/good, test/*)")
     ap.add_argument("--detectors", default="patchcore,padim,vae")
-    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batches", default="1,8,16,32")
     ap.add_argument("--images", type=int, default=64, help="test images scored per measurement (default 64)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is printed")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--threads", default="1", help="torch thread counts, comma-separated (default 1: the machine "
+                    "is shared; on a quiet machine e.g. 1,2)")
     ap.add_argument("--params", default="", help="detector parameters, e.g. vae:max_seconds=60")
     ap.add_argument("--model-dir", type=Path, help="keep fitted models here and reuse them")
     ap.add_argument("--serve", action="store_true", help="also load-test `normalcy serve` with the first model")
@@ -96,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     from profile_image import set_up_run
 
     root = Path(args.root)
-    picked, kept = set_up_run(root, args.images, args.threads, keep_memory=not args.no_keep_memory)
+    thread_counts = [int(t) for t in str(args.threads).split(",")]
+    picked, kept = set_up_run(root, args.images, thread_counts[0], keep_memory=not args.no_keep_memory)
     paths = [str(p) for p in picked]
     batches = [int(b) for b in args.batches.split(",")]
     params = parse_params(args.params)
     load = os.getloadavg()
-    print(f"# Throughput: {root.name}, {len(paths)} test images, torch threads {torch.get_num_threads()}, "
+    print(f"# Throughput: {root.name}, {len(paths)} test images, torch threads {args.threads}, "
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, {os.cpu_count()} cores, freed memory kept: "
           f"{kept}\n")
     header = ["detector"] + [f"batch {b}: img/s wall (CPU ms/img)" for b in batches]
@@ -109,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.detectors.split(","):
         det, path = fitted(name, root, args.model_dir, params.get(name, {}))
         first_model = first_model or path
-        cells = [name]
-        for b in batches:
-            ips, cpu_ms = measure(det, paths, b, args.repeats)
-            cells.append(f"{ips:.1f} ({cpu_ms:.1f})")
-            print(f"{name} batch {b}: {ips:.2f} img/s wall, {cpu_ms:.1f} CPU ms/img", file=sys.stderr, flush=True)
-        rows.append(cells)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            label = name if len(thread_counts) == 1 else f"{name}, {threads} thread{'s' * (threads > 1)}"
+            cells = [label]
+            for b in batches:
+                ips, cpu_ms = measure(det, paths, b, args.repeats)
+                cells.append(f"{ips:.1f} ({cpu_ms:.1f})")
+                print(f"{label} batch {b}: {ips:.2f} img/s wall, {cpu_ms:.1f} CPU ms/img", file=sys.stderr, flush=True)
+            rows.append(cells)
     print("| " + " | ".join(header) + " |")
     print("| --- " + "| ---: " * len(batches) + "|")
     for cells in rows:

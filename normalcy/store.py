@@ -170,8 +170,8 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, int | float):
         return isinstance(value, int | float) and not isinstance(value, bool) and (
             isinstance(default, float) or isinstance(value, int))
-    if isinstance(default, str | Path):
-        return isinstance(value, str)
+    if isinstance(default, str | Path):  # None: a named option switched off (transfer_table=None, prior=None)
+        return isinstance(value, str) or value is None
     if isinstance(default, tuple | list):
         return isinstance(value, tuple | list)
     return True
@@ -217,6 +217,9 @@ def _rebuild(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarra
         raise ModelFileError(f"{path}: {exc}") from None
     params = dict(meta["params"])
     defaults = cls().get_params()
+    for k, v in getattr(cls, "OLD_FILE_PARAMS", {}).items():  # added later: keep the behaviour it was fitted with
+        if k in defaults:
+            params.setdefault(k, v)
     for k, v in params.items():
         if isinstance(defaults.get(k), tuple) and isinstance(v, list):
             params[k] = tuple(v)

@@ -126,10 +126,24 @@ def test_exchangeable_holdout_realizes_alpha_over_many_splits():
     assert abs(rates[0.05] - 0.05) < 0.006 and abs(rates[0.01] - 0.01) < 0.003, rates
 
 
-def test_small_sample_cross_conformal_realizes_alpha():
-    """60 normals: 5 kept fold models decide; the refitted-on-all model used to give ~0.04 at alpha 0.05."""
+def test_small_sample_cross_conformal_realizes_alpha(monkeypatch):
+    """60 normals, cross-conformal forced: 5 kept fold models decide (the refitted-on-all model gave ~0.04)."""
+    from normalcy.calibration import conformal
+
+    monkeypatch.setattr(conformal, "MIN_TRAIN_SHARE", 0.0)
+    assert calibration_folds(60, 0.2, 0.05, seed=0)[0] == "cross-conformal"
     rates = _realized_fpr(60, 150, alphas=(0.05,))
     assert abs(rates[0.05] - 3 / 61) < 0.005, rates
+
+
+def test_small_sample_stretched_holdout_is_exact():
+    """60 normals at alpha 0.05: a 19-score hold-out (41 left to train) has mean false-alarm rate exactly 1/20."""
+    method, folds = calibration_folds(60, 0.2, 0.05, seed=0)
+    assert method == "holdout" and len(folds[0][1]) == 19 and len(folds[0][0]) == 41
+    assert calibration_folds(37, 0.2, 0.05, seed=0)[0] == "cross-conformal"  # 19 would leave under half to train
+    assert len(calibration_folds(300, 0.2, 0.01, seed=0)[1][0][1]) == 99
+    rates = _realized_fpr(60, 150, alphas=(0.05,))
+    assert abs(rates[0.05] - 0.05) < 0.01, rates  # sd of one fit's rate is 0.048: 150 fits give SE 0.004
 
 
 def test_p_interval_and_uncertain_status():

@@ -11,13 +11,13 @@ import normalcy
 def test_cross_conformal_image_detector_and_model_file(tmp_path):
     rng = np.random.default_rng(0)
     det = normalcy.PaDiM(image_size=64, alpha=0.1, n_features=20, progress=False)
-    det.fit([texture(rng) for _ in range(20)])  # a 20 % hold-out (4) could never reach 0.1: 5 fold models
+    det.fit([texture(rng) for _ in range(16)])  # a hold-out reaching 0.1 (9) would leave < half: 5 fold models
     assert det.calibration_.method == "cross-conformal" and len(det.fold_states_) == 5
     images = [texture(rng) for _ in range(3)] + [with_defect(texture(rng))[0]]
     preds = det.predict(images)
     rows = [p.to_dict() for p in preds]
     assert rows[-1]["is_anomaly"] and rows[-1]["decision"] in ("anomalous", "uncertain")
-    assert all(r["n_calibration"] == 20 and 0 <= r["p_interval"][0] <= r["p_value"] <= 1 for r in rows)
+    assert all(r["n_calibration"] == 16 and 0 <= r["p_interval"][0] <= r["p_value"] <= 1 for r in rows)
     again = normalcy.load(det.save(tmp_path / "cc.normalcy"))
     assert [p.p_value for p in again.predict(images)] == [p.p_value for p in preds]
 

@@ -32,7 +32,7 @@ def test_predict_loses_nothing(model, category, tmp_path, capsys):
         (inputs / p.name.replace(".png", f"_{p.parent.name}.png")).write_bytes(p.read_bytes())
     (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
-    code = main(["predict", str(model), str(inputs), str(tmp_path / "missing.png"), "-o", str(out) + "/"])
+    code = main(["predict", str(model), str(inputs), str(tmp_path / "missing.png"), "-o", str(out) + "/", "--images"])
     assert code == EXIT_SOME_FAILED
     printed = capsys.readouterr()
     failed_lines = [line for line in printed.err.splitlines() if line.startswith("failed: ")]

@@ -85,3 +85,58 @@ def test_cli_fit_groups_and_predict_rows_carry_the_group(two_products, tmp_path,
     assert len(rows) == 32
     assert {r["group"] for r in rows if "/dark/" in r["path"]} == {prefix + "dark"}
     assert {r["group"] for r in rows if "/bright/" in r["path"]} == {prefix + "bright"}
+
+
+def test_cli_predict_groups_given_per_image(two_products, tmp_path):
+    """predict --groups: each new image's group stated (CSV or sub-folders) instead of the nearest group centre."""
+    model = tmp_path / "m.normalcy"
+    assert main(["fit", str(two_products), "-o", str(model), "--groups", "subfolders", *SMALL]) == EXIT_OK
+    dark = sorted((two_products / "dark").glob("*.png"))[:4]
+    table = tmp_path / "new.csv"  # deliberately the other group: the nearest centre would say "dark"
+    with open(table, "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "group"], *[[f, "bright"] for f in dark]])
+    out = tmp_path / "out_csv"
+    assert main(["predict", str(model), *map(str, dark), "-o", str(out), "--no-images", "--groups",
+                 str(table)]) == EXIT_OK
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["group"] for r in rows] == ["bright"] * 4
+    det = normalcy.load(model)  # the same p-values as the Python call with the groups given
+    expected = [p.p_value for p in det.predict(dark, groups=["bright"] * 4)]
+    assert np.allclose([float(r["p_value"]) for r in rows], expected)
+    assert not np.allclose(expected, [p.p_value for p in det.predict(dark)])  # the stated group changed them
+
+    out = tmp_path / "out_sub"  # sub-folders of the new images name their groups
+    assert main(["predict", str(model), str(two_products), "-o", str(out), "--no-images", "--groups",
+                 "subfolders"]) == EXIT_OK
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 32 and all(r["group"] in r["path"] for r in rows)
+
+
+def test_cli_predict_groups_errors(two_products, tmp_path, capsys):
+    model = tmp_path / "m.normalcy"
+    assert main(["fit", str(two_products), "-o", str(model), "--groups", "subfolders", *SMALL]) == EXIT_OK
+    table = tmp_path / "bad.csv"
+    dark = sorted((two_products / "dark").glob("*.png"))[:2]
+    with open(table, "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "group"], [dark[0], "green"]])
+    assert main(["predict", str(model), *map(str, dark), "-o", str(tmp_path / "o1"), "--groups", str(table)]) != EXIT_OK
+    assert "no group for 1 new image" in capsys.readouterr().err
+    assert main(["predict", str(model), str(dark[0]), "-o", str(tmp_path / "o2"), "--groups", str(table)]) != EXIT_OK
+    assert "not seen when fitting" in capsys.readouterr().err
+    pooled = tmp_path / "pooled.normalcy"
+    assert main(["fit", str(two_products / "dark"), "-o", str(pooled), *SMALL]) == EXIT_OK
+    assert main(["predict", str(pooled), str(dark[0]), "-o", str(tmp_path / "o3"), "--groups", "subfolders"]) != EXIT_OK
+    assert "needs a model fitted with groups" in capsys.readouterr().err
+
+
+def test_cli_predict_groups_refused_for_table_models(tmp_path, capsys):
+    from normalcy.detectors import create_detector
+
+    rng = np.random.default_rng(0)
+    model = create_detector("knn").fit(rng.normal(size=(40, 3))).save(tmp_path / "t.normalcy")
+    table = tmp_path / "rows.csv"
+    np.savetxt(table, rng.normal(size=(5, 3)), delimiter=",", header="a,b,c", comments="")
+    assert main(["predict", str(model), str(table), "-o", str(tmp_path / "o"), "--groups", "subfolders"]) != EXIT_OK
+    assert "--groups applies to image models" in capsys.readouterr().err

@@ -82,7 +82,8 @@ def test_batch_dimension_is_dynamic(exported, test_images):
     images, _ = test_images
     one_by_one = np.concatenate([onnx_model.score([img]).scores for img in images[:3]])
     together = onnx_model.score(images[:3]).scores
-    np.testing.assert_allclose(together, one_by_one, rtol=1e-6)
+    # float32 products are blocked differently for 1 and 3 images: equal to rounding, not bit for bit
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)
 
 
 def test_metadata_inside_the_file(exported):
@@ -199,8 +200,9 @@ def test_cli_export_then_predict_matches_torch(exported, tmp_path):
         pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) if i == 3 else det_image(i)
         Image.fromarray(pixels).save(images / f"{i}.png")
     assert main(["export", str(model), "-o", str(tmp_path / "m.onnx")]) == 0
-    assert main(["predict", str(model), str(images), "-o", str(tmp_path / "torch")]) == 0
-    assert main(["--threads", "1", "predict", str(tmp_path / "m.onnx"), str(images), "-o", str(tmp_path / "ort")]) == 0
+    assert main(["predict", str(model), str(images), "-o", str(tmp_path / "torch"), "--images"]) == 0
+    assert main(["--threads", "1", "predict", str(tmp_path / "m.onnx"), str(images), "-o", str(tmp_path / "ort"),
+                 "--images"]) == 0
     rows_t, rows_o = read_rows(tmp_path / "torch"), read_rows(tmp_path / "ort")
     assert [r["path"] for r in rows_o] == [r["path"] for r in rows_t] and len(rows_o) == 4
     np.testing.assert_allclose([float(r["score"]) for r in rows_o], [float(r["score"]) for r in rows_t],

@@ -68,7 +68,8 @@ def test_without_labels_or_synthesis_it_is_patchcore(case):
     normals, _, test, *_ = case
     semi = SemiSupervised(n_synthetic=0, **SMALL).fit(normals[:10])
     assert semi.head_ is None
-    plain = PatchCore(**SMALL, backbone=semi.backbone, resize_mode="stretch", standardize=False, positional=False)
+    plain = PatchCore(**SMALL, backbone=semi.backbone, resize_mode="stretch", standardize=False, positional=False,
+                      intensity=None)
     np.testing.assert_allclose(semi.score(test).scores, plain.fit(normals[:10]).score(test).scores)
 
 

@@ -135,7 +135,7 @@ def test_ivf_search_in_query_chunks_equals_one_pass(monkeypatch):
     bank, q = torch.randn(2000, 16, generator=g), torch.randn(700, 16, generator=g)
     index = IVFIndex(bank, list_size=32, n_probe=4, seed=0)
     d_one, i_one = index.search(q)
-    monkeypatch.setattr(search, "QUERY_CHUNK", 128)
+    monkeypatch.setattr(search, "QUERY_PAIRS", 4 * 128)  # 128 queries at a time
     d_chunked, i_chunked = index.search(q)
     assert torch.equal(i_one, i_chunked) and torch.allclose(d_one, d_chunked)
 
@@ -147,3 +147,54 @@ def test_keep_freed_memory_is_accepted_by_glibc_and_repeatable():
 
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True  # the CLI may call it again (tests run several commands in one process)
+
+
+def _dense_position_distances(feats, channels, mean, precision):
+    """The reference: (x − μ)ᵀ·precision·(x − μ) per cell, in float64."""
+    f = feats[:, channels].flatten(2).permute(0, 2, 1).double() - mean.double()[None]
+    d2 = torch.einsum("bpc,pcd,bpd->bp", f, precision.double(), f).clamp(min=0)
+    return d2.sqrt().reshape(feats.shape[0], *feats.shape[2:])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_position_distances_by_cholesky_factor_equal_the_precision_form(batch):
+    from normalcy.detectors.image.padim import fit_position_gaussian, position_distances, random_channels
+
+    gen = torch.Generator().manual_seed(0)
+    fit = [torch.randn(8, 12, 5, 4, generator=gen) * torch.linspace(0.2, 3.0, 12)[None, :, None, None]
+           for _ in range(3)]
+    chans = random_channels(12, 9, seed=0)
+    mean, precision = fit_position_gaussian(fit, chans, 0.01)
+    test = torch.randn(batch, 12, 5, 4, generator=gen) * 2.0
+    got = position_distances(test, chans, mean, precision)
+    assert got.shape == (batch, 5, 4) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), _dense_position_distances(test, chans, mean, precision).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_position_factor_is_cached_per_tensor_and_handles_a_singular_precision():
+    from normalcy.detectors.image.padim import position_distances, position_factor
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 4, 4, generator=gen)
+    precision = (a @ a.transpose(1, 2) + 0.1 * torch.eye(4)).float()
+    precision[1] = torch.diag(torch.tensor([2.0, 1.0, 0.0, -1e-7]))  # not positive definite: eigen-factor instead
+    assert position_factor(precision) is position_factor(precision)  # computed once per tensor
+    assert position_factor(precision.clone()) is not position_factor(precision)
+    feats = torch.randn(2, 4, 1, 3, generator=gen)
+    chans, mean = torch.arange(4), torch.zeros(3, 4)
+    np.testing.assert_allclose(position_distances(feats, chans, mean, precision).numpy(),
+                               _dense_position_distances(feats, chans, mean, precision).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_predict_writes_overlays_only_when_asked():
+    from normalcy.apps.cli.main import build_parser
+    from normalcy.apps.cli.predict import wants_images
+
+    parse = lambda *extra: build_parser().parse_args(["predict", "m.normalcy", "x.png", "-o", "out", *extra])  # noqa: E731
+    assert not wants_images(parse()) and not wants_images(parse("--no-images"))  # --no-images: kept for scripts
+    assert wants_images(parse("--images"))
+    assert wants_images(parse("--narrator-url", "http://127.0.0.1:1/v1"))  # the narrator needs the overlays
+    assert not wants_images(parse("--no-images", "--narrator-url", "http://127.0.0.1:1/v1"))
+    with pytest.raises(SystemExit):
+        parse("--images", "--no-images")

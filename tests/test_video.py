@@ -40,7 +40,7 @@ def speeding_clip() -> tuple[Clip, np.ndarray]:
 
 
 def detector(**kw) -> VideoMotion:
-    params = dict(motion="diff", frame_height=H, cell=8, top_k=4, smooth=3, alpha=0.05)
+    params = dict(motion="diff", frame_height=H, cell=8, top_k=4, smooth=3, lookahead=0, alpha=0.05)
     return VideoMotion(**(params | kw))
 
 
@@ -149,7 +149,7 @@ def test_cli_fit_predict_bench(tmp_path, capsys):
     (data / "labels.csv").write_text("clip,frame,label\n" + "".join(f"t1,{i + 1},{y}\n" for i, y in enumerate(labels)))
     model = tmp_path / "m.normalcy"
     params = ["--param", "motion=diff", "--param", f"frame_height={H}", "--param", "cell=8", "--param", "top_k=4",
-              "--param", "smooth=3", "--param", "alpha=0.05"]
+              "--param", "smooth=3", "--param", "lookahead=0", "--param", "alpha=0.05"]
     assert main(["fit", str(data / "train"), "-o", str(model), "--detector", "video", *params]) == EXIT_OK
     out = tmp_path / "out"
     assert main(["predict", str(model), str(data / "test"), "-o", str(out)]) == EXIT_OK

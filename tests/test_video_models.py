@@ -18,7 +18,7 @@ from normalcy.detectors.video.predict import VideoPredict
 from normalcy.errors import ParameterError
 from tests.test_video import H, normal_clips, speeding_clip, square_clip, write_clip
 
-SMALL = dict(motion="diff", frame_height=H, cell=8, top_k=4, smooth=3, alpha=0.05)
+SMALL = dict(motion="diff", frame_height=H, cell=8, top_k=4, smooth=3, lookahead=0, alpha=0.05)
 
 
 def test_window_means_past_and_future_and_flushes():
@@ -29,7 +29,7 @@ def test_window_means_past_and_future_and_flushes():
 
 
 def test_lookahead_delays_but_stream_equals_batch():
-    det = VideoMotion(**SMALL, lookahead=1).fit(normal_clips())
+    det = VideoMotion(**(SMALL | dict(lookahead=1))).fit(normal_clips())
     clip, labels = speeding_clip()
     batch = [p.score for p in det.predict(clip)]
     assert len(batch) == len(labels)
@@ -37,7 +37,7 @@ def test_lookahead_delays_but_stream_equals_batch():
     causal = [p.score for p in VideoMotion(**SMALL).fit(normal_clips()).predict(clip)]
     assert np.argmax(np.diff(batch)) < np.argmax(np.diff(causal))  # the centred window rises earlier
     with pytest.raises(ParameterError, match="lookahead"):
-        VideoMotion(**SMALL, lookahead=3).fit(normal_clips(2, 5))
+        VideoMotion(**(SMALL | dict(lookahead=3))).fit(normal_clips(2, 5))
 
 
 def test_predict_detector_flags_the_speed_change_and_reloads(tmp_path):
@@ -103,3 +103,58 @@ def test_bench_region_metric_counts_overlaps(tmp_path):
     assert r["objects"] == 20 and r["regions"] > 0
     assert r["object_recall"] > 0.7 and r["region_precision"] > 0.5
     assert r["false_alarms_by_clip"]["t1"][1] == 20
+
+
+def test_diff_weight_fuses_flow_and_difference_streams_and_reloads(tmp_path):
+    pytest.importorskip("cv2", reason="diff_weight adds the frame difference to optical flow, which needs OpenCV")
+    from normalcy.store import load
+
+    flow = dict(SMALL, motion="flow")
+    det = VideoMotion(**(flow | dict(diff_weight=0.5, lookahead=1))).fit(normal_clips())
+    mf, sf, md, sd = det.norm_
+    assert sf > 0 and sd > 0 and md > 0
+    assert abs(float(np.median(det.calibration_.scores))) < 1.5  # calibration scores are on the z-scale
+    clip, labels = speeding_clip()
+    batch = [p.score for p in det.predict(clip)]
+    assert metrics.auroc(labels, batch) > 0.9
+    np.testing.assert_allclose([p.score for p in det.stream(iter(clip.frames))], batch)
+    again = load(det.save(tmp_path / "f.normalcy"))
+    assert again.norm_ == det.norm_
+    np.testing.assert_allclose([p.score for p in again.predict(clip)], batch)
+    plain = VideoMotion(**(flow | dict(diff_weight=0))).fit(normal_clips())
+    assert plain.norm_ is None  # diff_weight=0: the flow score alone, unchanged
+    with pytest.raises(ParameterError, match="diff_weight"):
+        VideoMotion(**flow, diff_weight=-1).fit(normal_clips())
+
+
+def test_model_saved_without_normalisation_loads_as_flow_only(tmp_path):
+    pytest.importorskip("cv2", reason="needs OpenCV optical flow")
+    from normalcy.store import load
+
+    det = VideoMotion(**dict(SMALL, motion="flow", diff_weight=0)).fit(normal_clips())
+    clip, _ = speeding_clip()
+    before = [p.score for p in det.predict(clip)]
+    det.diff_weight = 0.5  # as if an older file without `norm` were read by a version whose default fuses
+    again = load(det.save(tmp_path / "old.normalcy"))
+    assert again.diff_weight == 0.0 and again.norm_ is None
+    np.testing.assert_allclose([p.score for p in again.predict(clip)], before)
+
+
+def test_default_is_the_validated_lookahead_setting_and_streams_late():
+    det = VideoMotion()
+    assert (det.top_k, det.smooth, det.lookahead, det.diff_weight) == (3, 13, 8, 0.25)
+    det = VideoMotion(motion="diff", frame_height=H, cell=8).fit(normal_clips())
+    clip, labels = speeding_clip()
+    read = []
+
+    def camera():
+        for f in clip.frames:
+            read.append(f)
+            yield f
+
+    stream = det.stream(camera())
+    first = next(stream)  # frame 1's decision waits for frames 2-9 (its motion is to frame 2; 8 frames ahead)
+    assert first.path == "1" and len(read) == 9
+    scores = [first.score] + [p.score for p in stream]
+    np.testing.assert_allclose(scores, [p.score for p in det.predict(clip)])
+    assert metrics.auroc(labels, scores) > 0.9

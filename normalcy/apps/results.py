@@ -273,8 +273,12 @@ def predict_to_folder(
     narrator: Any = None,
     max_megapixels: float = PREDICT_MAX_MEGAPIXELS,
     batch_megapixels: float = BATCH_MEGAPIXELS,
+    groups: dict[str, str] | None = None,
 ) -> tuple[int, int]:
     """Write results.csv and results.jsonl (one row per input image) plus overlay/mask PNGs; (rows, failed).
+
+    `groups` maps an input file (str of its path as listed) to its calibration group (a grouped model; default:
+    the model's own assignment).
 
     A batch holds at most `batch` images and `batch_megapixels` decoded pixels; an image above `max_megapixels`
     is an error row. `gallery` (a folder or a normalcy.explain.gallery.DefectGallery) names each region's nearest
@@ -300,7 +304,7 @@ def predict_to_folder(
         for part in prefetched(_batches(entries, batch, budget, cap, min_batch, stop)):
             if stop.set and writer.n_written:  # read ahead while the batch in flight was scored: not scored
                 break
-            _score_batch(det, part, writer, alpha, pixel_fpr, gallery)
+            _score_batch(det, part, writer, alpha, pixel_fpr, gallery, groups)
             writer.flush()
         writer.drain()
         if writer.n_rows < len(entries):  # stopped by SIGTERM: the inputs not reached are rows too
@@ -354,14 +358,15 @@ def _batches(entries: list[tuple[Path, str | None]], size: int, budget: int, cap
 
 
 def _score_batch(det: Any, part: _Batch, writer: ResultWriter, alpha: float | None, pixel_fpr: float | None,
-                 gallery: Any) -> None:
+                 gallery: Any, groups: dict[str, str] | None = None) -> None:
     """Score the readable images of one batch together and write every row of the batch in input order."""
     images = [item for _, _, item in part.rows if not isinstance(item, str)]
+    kw = {} if groups is None else {"groups": [groups[str(p)] for _, p, it in part.rows if not isinstance(it, str)]}
     found: list[Any] = []
     failure = ""
     if images:
         try:
-            found = det.predict(images, alpha=alpha, pixel_fpr=pixel_fpr)
+            found = det.predict(images, alpha=alpha, pixel_fpr=pixel_fpr, **kw)
             attach_all(found, det.calibration_)
             if gallery is not None:
                 gallery.annotate(det, images, found)

@@ -4,8 +4,9 @@ A detector keeps the scores of normal data it did not train on. For a new score 
 ``p = (1 + #{cal >= s}) / (n_cal + 1)``; flagging ``p <= alpha`` gives a false-alarm rate of at most alpha on
 exchangeable normal data. Its mean is exactly ``floor(alpha (n_cal + 1)) / (n_cal + 1)``, so the plan sizes the
 calibration set with ``n_cal + 1`` a multiple of 100 (or 20) to make that equal to alpha at 0.01, 0.05, ...
-With few normals the plan cross-fits K models and keeps them: a new item's cross-conformal p-value compares its
-score under each fold model with that fold's held-out scores (no model refitted on all data decides it).
+With few normals the hold-out grows to the fewest scores that reach alpha while half the items are left to
+train; with fewer still the plan cross-fits K models and keeps them: a new item's cross-conformal p-value compares
+its score under each fold model with that fold's held-out scores (no model refitted on all data decides it).
 Groups (Mondrian calibration) keep one such calibration per group; p-values are computed within the item's group.
 """
 
@@ -22,6 +23,10 @@ SEVERITY_LEVELS = ("normal", "suspicious", "anomalous", "severe")
 SUSPICIOUS_FACTOR = 5.0  # alpha < p <= 5*alpha is "suspicious": in the tail but not flagged
 MIN_HOLDOUT_FOLDS = 5
 SNAP_GRIDS = (100, 20)  # calibration sizes n with (n + 1) a multiple of these make alpha = j/100 (j/20) exact
+# A hold-out may grow to the fewest scores that reach alpha while at least this share of the items is left to train:
+# exact split-conformal level (mean false-alarm rate = alpha) instead of cross-conformal's, which averages fold ranks
+# and ran 25-31 % below alpha when the fold models disagree (docs/calibration.md). 0 keeps the plain fraction.
+MIN_TRAIN_SHARE = 0.5
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
@@ -94,15 +99,18 @@ def calibration_folds(n: int, fraction: float, alpha: float, seed: int, snap: bo
 
     Returns ``(method, folds)`` with folds as ``(train_idx, cal_idx)``. "holdout": one split, the model is fitted
     on the train part only; the hold-out has ``round(n * fraction)`` items snapped to the nearest size whose
-    ``n_cal + 1`` is a multiple of 100 (or 20). "cross-conformal": K folds, each scored by a model fitted on the
-    others, used when the hold-out would be too small to ever reach `alpha`; the K fold models are kept and decide
-    new items. "none": fewer than 2 items or fraction 0.
+    ``n_cal + 1`` is a multiple of 100 (or 20); when that is too small to ever reach `alpha`, it grows to the fewest
+    scores that can, as long as MIN_TRAIN_SHARE of the items stay for training (exact level, one model).
+    "cross-conformal": K folds, each scored by a model fitted on the others, for sets smaller still; the K fold
+    models are kept and decide new items. "none": fewer than 2 items or fraction 0.
     """
     if fraction <= 0 or n < 2:
         return "none", []
     order = np.random.default_rng(seed).permutation(n)
     n_cal = int(round(n * fraction))
     need = math.ceil(1.0 / alpha - 1e-9) - 1
+    if n_cal < need and MIN_TRAIN_SHARE > 0 and n - need >= MIN_TRAIN_SHARE * n:
+        n_cal = need  # enough items for a hold-out that reaches alpha: exact level, one model
     if n_cal >= need and n - n_cal >= 1:
         if snap:
             n_cal = snap_size(n_cal, n, need)

@@ -75,11 +75,12 @@ class GroupModel:
 
 
 def find_modes(descriptors: np.ndarray, min_size: int, max_groups: int = MAX_AUTO_GROUPS,
-               seed: int = 0) -> tuple[np.ndarray, GroupModel | None]:
+               seed: int = 0, standardize: bool = True) -> tuple[np.ndarray, GroupModel | None]:
     """Cluster normal items into modes with k-means (k by silhouette, 2..max_groups); one group if unclear.
 
     A split is kept only when the silhouette is at least MIN_SILHOUETTE and every mode has `min_size` items (the
     fewest that can reach alpha within the group); otherwise all items form one group and the model is None.
+    `standardize=False` clusters in the descriptors' own units (e.g. principal components, whose variance matters).
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
@@ -90,7 +91,7 @@ def find_modes(descriptors: np.ndarray, min_size: int, max_groups: int = MAX_AUT
     if n < 2 * max(min_size, 2):
         return single, None
     mean, scale = x.mean(0), x.std(0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
+    scale = np.where(scale > 1e-12, scale, 1.0) if standardize else np.ones_like(scale)  # False: keep the units
     z = (x - mean) / scale
     best: tuple[float, Any] | None = None
     for k in range(2, max_groups + 1):
@@ -159,10 +160,11 @@ def folder_name(path: Path) -> str:
     return Path(os.path.abspath(path)).parent.name
 
 
-def csv_labels(table: str | Path, items: Any) -> np.ndarray:
+def csv_labels(table: str | Path, items: Any, what: str = "fit") -> np.ndarray:
     """Group of each item from a CSV with columns path,group (paths relative to the CSV's folder, or absolute).
 
-    An item is matched by its full path, else by its file name when that name is unique in the table.
+    An item is matched by its full path, else by its file name when that name is unique in the table. `what`
+    names the items in the error ("fit" images, or "new" ones at predict).
     """
     import csv
 
@@ -192,15 +194,34 @@ def csv_labels(table: str | Path, items: Any) -> np.ndarray:
             missing.append(str(path) if path is not None else f"item {i}")
         out.append(group)
     if missing:
-        raise ParameterError(f"{table} gives no group for {len(missing)} fit image(s), e.g. {missing[:3]}; add a "
+        raise ParameterError(f"{table} gives no group for {len(missing)} {what} image(s), e.g. {missing[:3]}; add a "
                              "row path,group for each")
     return np.array(out)
 
 
-def resolve_groups(spec: Any, items: Any) -> Any:
-    """Labels for `fit(groups=...)` from "subfolders" or a .csv file; "auto", labels and None pass through."""
+def resolve_groups(spec: Any, items: Any, what: str = "fit") -> Any:
+    """Labels for `fit(groups=...)` or new items from "subfolders" or a .csv file; "auto", labels, None pass through."""
     if isinstance(spec, (str, Path)) and str(spec) == SUBFOLDERS:
         return subfolder_labels(items)
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.lower().endswith(".csv")):
-        return csv_labels(spec, items)
+        return csv_labels(spec, items, what=what)
     return spec
+
+
+def given_groups(spec: str | Path, paths: list[Path], known: list[str]) -> dict[str, str]:
+    """Group of each new file from "subfolders" or a path,group CSV, checked against the model's groups.
+
+    For predict: the caller states each new image's group instead of the nearest-centre guess; a label the model
+    was not calibrated for is a clear error before anything is scored.
+    """
+    if not known:
+        raise ParameterError("--groups at predict needs a model fitted with groups (normalcy fit ... --groups "
+                             "subfolders|FILE.csv); this model has one calibration pool")
+    if str(spec) != SUBFOLDERS and not str(spec).lower().endswith(".csv"):
+        raise ParameterError(f"groups at predict must be 'subfolders' or a .csv file (path,group), got {spec!r}")
+    labels = resolve_groups(spec, paths, what="new") if paths else np.empty(0, dtype=str)
+    unknown = sorted(set(labels.tolist()) - set(known))
+    if unknown:
+        raise ParameterError(f"groups {unknown} were not seen when fitting; the model knows {sorted(known)}: give "
+                             "each new image one of those groups")
+    return {str(p): str(g) for p, g in zip(paths, labels)}

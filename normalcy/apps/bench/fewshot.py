@@ -121,6 +121,10 @@ def run_shots(category: Path, name: str, params: dict[str, Any], shots: Sequence
                 timing = time_per_image(det, test, min(timing_images, len(test)))
             row = result_row(category, name, det, test, result, masks, fit_s, k, timing)
             row.update(shots=k, seed=seed)
+            if category.name in (getattr(det, "prior_meta_", None) or {}).get("trained_on", []):
+                row["note"] = f"the prior head was trained on {category.name}: in-domain, not a few-shot figure"
+                if seed == seeds[0]:
+                    echo(f"[bench] warning: {row['note']}; pass --param prior=<a head trained without this set>")
             per_seed.append(row)
             echo(f"[bench] {category.name}: {name} shots={k} seed={seed}: image AUROC {row['image_auroc']:.4f}")
         rows += per_seed

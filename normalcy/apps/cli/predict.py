@@ -20,15 +20,23 @@ MAX_LISTED_FAILURES = 10  # failed inputs printed one per line; the rest are cou
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("predict", help="score images with a saved model; write results.csv/jsonl + overlays")
+    p = sub.add_parser("predict", help="score images with a saved model; write results.csv/jsonl (+ overlays "
+                       "with --images)")
     p.add_argument("model", help="a .normalcy model file, or a .onnx file from `normalcy export`")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--alpha", type=float, help="target false-alarm rate (default: the model's)")
     p.add_argument("--pixel-fpr", type=float, help="pixel false-positive rate of the defect mask (default 0.001)")
-    p.add_argument("--no-images", action="store_true", help="do not write overlay and mask PNGs")
+    pictures = p.add_mutually_exclusive_group()
+    pictures.add_argument("--images", action="store_true", help="also write each image's overlay and mask PNGs "
+                          "(off by default: drawing and encoding them add 35–50%% to the CPU time per image, "
+                          "docs/performance.md; on with --narrator-url, which needs them)")
+    pictures.add_argument("--no-images", action="store_true", help="no overlay and mask PNGs (the default for "
+                          "images, kept for scripts; video inputs: no segment strips)")
     p.add_argument("--refine", action="store_true", help="images near alpha get a second, closer look (tiles at "
                    "higher resolution; needs a model fitted with --refine; docs/calibration.md)")
+    p.add_argument("--groups", help="each image's calibration group, for a model fitted with groups: 'subfolders' "
+                   "(the folder holding the image) or a CSV with columns path,group (default: the nearest group)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image read, in megapixels; larger ones become error rows (default 40)")
     p.add_argument("--batch-megapixels", type=float, default=160.0,
@@ -57,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
         from normalcy.store import load
 
         model = load(args.model)
+        if getattr(args, "groups", None) and (getattr(model, "kind", "") == "video" or is_modality_model(model)):
+            from normalcy.errors import ParameterError
+
+            raise ParameterError("--groups applies to image models; for tables pass groups from Python "
+                                 "(predict(X, groups=...))")
         if getattr(model, "kind", "") == "video":  # per-frame rows + segment strips: normalcy/apps/cli/video.py
             from normalcy.apps.cli.video import predict_video
 
@@ -68,18 +81,36 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.model).suffix.lower() == ".onnx":
         from normalcy.apps.export import load_onnx
 
+        if getattr(args, "groups", None):
+            from normalcy.errors import ParameterError
+
+            raise ParameterError("--groups needs a .normalcy model (ONNX files keep one calibration pool)")
         model = load_onnx(args.model, threads=args.threads)
+    groups = None
+    if getattr(args, "groups", None):  # stated per image instead of the nearest group centre
+        from normalcy.apps.results import expand_paths
+        from normalcy.calibration.groups import given_groups
+
+        paths = [p for p, err in expand_paths(args.inputs) if err is None]
+        groups = given_groups(args.groups, paths, sorted(model.calibration_.groups))
     if getattr(args, "refine", False):  # every predict call takes the second look (detectors/image/refine.py)
         from normalcy.detectors.image.refine import Refined
 
         model = Refined(model)
     n_rows, n_failed = predict_to_folder(
         model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
-        write_images=not args.no_images, max_megapixels=args.max_megapixels,
-        batch_megapixels=args.batch_megapixels, **explain_args(args),
+        write_images=wants_images(args), max_megapixels=args.max_megapixels,
+        batch_megapixels=args.batch_megapixels, **explain_args(args), **({} if groups is None else {"groups": groups}),
     )
     report_run(Path(args.out), n_rows, n_failed)
     return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
+def wants_images(args: argparse.Namespace) -> bool:
+    """Overlay and mask PNGs only when asked (`--images`), or when the narrator needs them (not with --no-images)."""
+    if getattr(args, "no_images", False):
+        return False
+    return bool(getattr(args, "images", False) or getattr(args, "narrator_url", None))
 
 
 def report_run(out: Path, n_rows: int, n_failed: int, max_listed: int = MAX_LISTED_FAILURES) -> None:
@@ -113,14 +144,15 @@ def run_on_dask(args: argparse.Namespace) -> int:
     from normalcy.apps.distributed import predict_distributed
     from normalcy.errors import ParameterError
 
-    if getattr(args, "gallery", None) or getattr(args, "narrator_url", None) or getattr(args, "refine", False):
-        raise ParameterError("--gallery, --narrator-url and --refine are not supported with --engine dask; use "
-                             "--engine local")
+    if (getattr(args, "gallery", None) or getattr(args, "narrator_url", None) or getattr(args, "refine", False)
+            or getattr(args, "groups", None)):
+        raise ParameterError("--gallery, --narrator-url, --refine and --groups are not supported with --engine dask; "
+                             "use --engine local")
     if Path(args.model).suffix.lower() == ".onnx":
         raise ParameterError("--engine dask scores .normalcy models; run ONNX models with --engine local")
     n_rows, n_failed = predict_distributed(
         args.model, args.inputs, Path(args.out), alpha=args.alpha, pixel_fpr=args.pixel_fpr,
-        write_images=not args.no_images, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
+        write_images=wants_images(args), scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
         connect_timeout=args.connect_timeout,
     )
     report_run(Path(args.out), n_rows, n_failed)

@@ -208,6 +208,10 @@ def check_exportable(detector) -> None:
     if name == "patchcore" and getattr(detector, "reweight", False):
         raise ParameterError("patchcore with reweight=True cannot be exported to ONNX (its eq. 7 reweighting is "
                              "not in the graph); refit with reweight=False")
+    if name == "patchcore" and getattr(detector, "_modes", None) is not None:
+        raise ParameterError("patchcore fitted with per-mode scoring (modes='auto' or groups='auto' found "
+                             f"{detector.n_modes_} modes) cannot be exported to ONNX (the graph has one position "
+                             "term); refit with modes=None")
 
 
 def build_graph(detector) -> nn.Module:

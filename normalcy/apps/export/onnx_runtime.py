@@ -18,6 +18,7 @@ from normalcy.apps.export.onnx_export import META_KEY, ONNX_FORMAT, ONNX_FORMAT_
 from normalcy.calibration.conformal import Calibration
 from normalcy.detectors.base import ScoreResult
 from normalcy.detectors.image.common import ImageDetector
+from normalcy.detectors.image.intensity import gain_normalize
 from normalcy.errors import ModelFileError, ParameterError
 from normalcy.features.preprocess import prepare_batch, restore_maps, valid_grid
 
@@ -88,6 +89,7 @@ class OnnxModel(ImageDetector):
         self.alpha = float(params.get("alpha", 0.01))
         self.pixel_fpr = float(params.get("pixel_fpr", 0.001))
         self.border = float(params.get("border", 0.0))  # patchcore's image score skips this edge band
+        self.intensity = params.get("intensity")  # "gain": images are gain-normalized before the graph, as in torch
         self.progress = False
         self.calibration_ = _calibration(meta)
         self.n_fit_ = int(meta.get("n_fit", 0))
@@ -120,6 +122,8 @@ class OnnxModel(ImageDetector):
         scores, maps = [], []
         for start in range(0, len(items), self.batch_size):
             arrays = [as_rgb_array(a) for a in items[start : start + self.batch_size]]
+            if self.intensity == "gain":
+                arrays = [gain_normalize(a) for a in arrays]
             x, placements = prepare_batch(arrays, size, self.input_mode)
             img_scores, patch_maps = self.run(x, self.score_cells(valid_grid(placements, size, self.grid_)))
             scores.append(np.asarray(img_scores, dtype=np.float64))

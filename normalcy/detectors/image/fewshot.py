@@ -36,6 +36,7 @@ from normalcy.features.preprocess import Placement, gaussian_blur, prepare_batch
 
 AUGMENTS = ("none", "flip", "dihedral")
 ASPECTS = ("keep", "square")
+PRIOR_TABLE = Path(__file__).with_name("data") / "fewshot_prior_transfer.json"  # transfer table with `prior`
 MAX_ASPECT = 4.0  # longest canvas side, in multiples of image_size (very long strips are capped, then stretched)
 
 
@@ -117,6 +118,17 @@ def views(x: torch.Tensor, augment: str) -> torch.Tensor:
     return torch.cat(out)
 
 
+def robust_z(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """B×h×w maps → (map − median) / (1.4826·MAD) per image over its valid cells: a scale set by the image itself."""
+    out = torch.empty_like(maps, dtype=torch.float32)
+    for i in range(maps.shape[0]):
+        x = maps[i][valid[i]].float()
+        med = x.median()
+        mad = (x - med).abs().median() * 1.4826
+        out[i] = (maps[i].float() - med) / mad.clamp(min=1e-6 * float(med.abs()) + 1e-12)
+    return out
+
+
 def aggregate_stages(stages: Sequence[torch.Tensor], size: int, crop: int = 0) -> torch.Tensor:
     """Average each stage over a `size`×`size` neighbourhood, upsample to the finest grid, concatenate, crop."""
     target = stages[0].shape[-2:]
@@ -162,6 +174,7 @@ class FewShot(ImageDetector):
         seed: int = 0,
         progress: bool = True,
         transfer_table: str | None = "builtin",
+        prior: str | None = None,
     ) -> None:
         self._store_params(locals())
 
@@ -211,6 +224,9 @@ class FewShot(ImageDetector):
         """
         from normalcy.data import as_rgb_array
 
+        if not raw and self._uses_prior():
+            yield from self._prior_features(items, desc, augment)
+            return
         bar = progress_bar(total=len(items), desc=desc, unit="img", disable=not self.progress, leave=False)
         try:
             for start in range(0, len(items), int(self.batch_size)):
@@ -229,6 +245,22 @@ class FewShot(ImageDetector):
                 bar.update(len(chunk))
         finally:
             bar.close()
+
+    def _prior_features(self, items: list, desc: str, augment: str
+                        ) -> Iterator[tuple[torch.Tensor, list, torch.Tensor]]:
+        """Batches whose features carry the prior head's logit map as one extra, last channel (one backbone pass)."""
+        from normalcy.detectors.image.zeroshot import SELF_FRACTIONS, head_inputs
+
+        head, meta = self.prior_head()
+        cells, ext = self._pad_cells(), self.extractor
+        splits = [int(ext.net.stage_channels[s]) for s in ext.strides]
+        for stages, placements, valid in FewShot.iter_features(self, items, desc, raw=True, augment=augment):
+            feats = aggregate_stages(stages, int(self.aggregate), cells)
+            if ext.projection is not None:
+                feats = torch.einsum("bchw,cd->bdhw", feats, ext.projection)
+            z = aggregate_stages(stages, int(meta["features"]["aggregate"]), cells)
+            logit = head.maps(head_inputs(z, valid, splits, meta.get("fractions", SELF_FRACTIONS)))
+            yield torch.cat([feats, logit[:, None]], dim=1).contiguous(), placements, valid
 
     def restore(self, maps: torch.Tensor, placements: Sequence[Placement]) -> list[np.ndarray]:
         """Feature-grid maps (B×h×w, one canvas) → smoothed maps at each image's own size."""
@@ -265,7 +297,7 @@ class FewShot(ImageDetector):
         """Features (V×C×h×w) and valid cells (V×h×w) of every augmented view of the references (one canvas)."""
         feats, valid = [], []
         for f, _, v in self.iter_features(items, "references", augment=self.augment):
-            feats.append(f)
+            feats.append(f[:, :-1] if self._uses_prior() else f)
             valid.append(v)
         return torch.cat(feats), torch.cat(valid)
 
@@ -280,7 +312,8 @@ class FewShot(ImageDetector):
     # ---- fit / score --------------------------------------------------------------------------------------
     def _fit(self, items: list) -> None:
         batches = self.iter_features(items, "references", augment=self.augment)
-        patches = [f.permute(0, 2, 3, 1)[v] for f, _, v in batches]
+        cut = -1 if self._uses_prior() else None  # the prior's logit channel is not a patch feature
+        patches = [f[:, :cut].permute(0, 2, 3, 1)[v] for f, _, v in batches]
         self._set_bank(torch.cat(patches))
 
     def _set_bank(self, patches: torch.Tensor) -> None:
@@ -301,22 +334,62 @@ class FewShot(ImageDetector):
 
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, h, w = feats.shape
-        maps = self.nearest(feats)[0][:, 0].view(b, h, w)
+        if not self._uses_prior():
+            maps = self.nearest(feats)[0][:, 0].view(b, h, w)
+            return self.image_scores(maps, valid), maps
+        dist = self.nearest(feats[:, :-1])[0][:, 0].view(b, h, w)
+        maps = robust_z(dist.clamp(min=1e-6).log(), valid) + robust_z(feats[:, -1], valid)
         return self.image_scores(maps, valid), maps
+
+    # ---- the zero-shot prior ---------------------------------------------------------------------------------
+    def _uses_prior(self) -> bool:
+        """Whether the zero-shot head's map is fused into the scores (`prior` set; subclasses have no `prior`)."""
+        return getattr(self, "prior", None) is not None
+
+    def prior_head(self) -> tuple[Any, dict[str, Any]]:
+        """The zero-shot head named by `prior` ("builtin" or a path) and its meta, checked against the features.
+
+        The head reads the backbone's stages aggregated at its own size (the few-shot features keep `aggregate`),
+        so only the backbone and strides must match.
+        """
+        if getattr(self, "_prior_src", None) == self.prior and getattr(self, "prior_", None) is not None:
+            return self.prior_, self.prior_meta_
+        from normalcy.detectors.image.zeroshot import BUILTIN_HEAD, load_head
+
+        path = BUILTIN_HEAD if self.prior == "builtin" else Path(str(self.prior)).expanduser()
+        head, meta = load_head(path)
+        self._check_prior(meta, path)
+        self.prior_, self.prior_meta_, self._prior_src = head, meta, self.prior
+        return head, meta
+
+    def _check_prior(self, meta: dict[str, Any], source: Any) -> None:
+        """ParameterError unless the head was trained on this backbone and these strides."""
+        feats = meta.get("features", {})
+        want = {"backbone": self.backbone, "strides": sorted(int(s) for s in self.strides)}
+        got = {"backbone": feats.get("backbone"), "strides": sorted(int(s) for s in feats.get("strides", []))}
+        if got != want or "aggregate" not in feats:
+            raise ParameterError(f"prior head {source} was trained on features {feats}, but this detector extracts "
+                                 f"{want}; pass prior=None or a head trained for these settings "
+                                 "(benchmarks/train_zeroshot_head.py)")
 
     # ---- decisions with few references ---------------------------------------------------------------------
     def transfer(self) -> TransferTable | None:
         """The transfer table used for decisions (fewer than MIN_CONFORMAL references and a table for this detector).
 
-        `transfer_table`: "builtin" (the packaged table), a JSON path (benchmarks/fewshot_transfer.py), or None
-        (off: conformal p-values only, NaN with one reference).
+        `transfer_table`: "builtin" (the packaged table; with `prior`, the packaged table of fused maps), a JSON path
+        (benchmarks/fewshot_transfer.py), or None (off: conformal p-values only, NaN with one reference).
         """
         src = getattr(self, "transfer_table", None)
         if src is None or getattr(self, "n_fit_", MIN_CONFORMAL) >= MIN_CONFORMAL:
             return None
-        if getattr(self, "_transfer_src", object()) != src:
-            self._transfer_table = load_table(self.name, None if src == "builtin" else src)
-            self._transfer_src = src
+        if getattr(self, "_transfer_src", object()) != (src, self._uses_prior()):
+            if src != "builtin":
+                self._transfer_table = load_table(self.name, src)
+            elif self._uses_prior():  # fused maps have their own statistics, hence their own packaged table
+                self._transfer_table = load_table(self.name, PRIOR_TABLE) if PRIOR_TABLE.is_file() else None
+            else:
+                self._transfer_table = load_table(self.name)
+            self._transfer_src = (src, self._uses_prior())
             if self._transfer_table is None:
                 warnings.warn(f"{type(self).__name__}: no transfer table for {self.name!r} in {src}: decisions with "
                               f"fewer than {MIN_CONFORMAL} references fall back to conformal p-values", UserWarning,
@@ -359,8 +432,26 @@ class FewShot(ImageDetector):
 
     # ---- persistence --------------------------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"bank": self.bank_.numpy()}
+        arrays = {"bank": self.bank_.numpy()}
+        if self._uses_prior():  # the head travels with the model file
+            from normalcy.detectors.training import module_arrays
+
+            arrays.update(module_arrays("prior", self.prior_head()[0]))
+        return arrays
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {**super()._state_meta(), "prior_meta": self.prior_head()[1] if self._uses_prior() else None}
 
     def _load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.bank_ = torch.from_numpy(np.ascontiguousarray(arrays["bank"], dtype=np.float32))
         self._bank_sq = self.bank_.pow(2).sum(1)
+        if "prior_meta" not in meta:  # a model saved before `prior` existed scored without it: keep it that way
+            self.prior = None
+        elif meta["prior_meta"] is not None:
+            from normalcy.detectors.image.zeroshot import PatchHead
+            from normalcy.detectors.training import load_module
+
+            w1 = arrays["prior.w1"]
+            self._check_prior(meta["prior_meta"], "in the model file")
+            self.prior_ = load_module("prior", PatchHead(int(w1.shape[0]), int(w1.shape[1])), arrays)
+            self.prior_meta_, self._prior_src = dict(meta["prior_meta"]), self.prior

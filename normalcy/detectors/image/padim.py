@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,32 @@ def fit_position_gaussian(batches: Iterable[torch.Tensor], channels: torch.Tenso
     return mean.float(), torch.linalg.inv(cov).float()
 
 
+_FACTORS: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # id(precision) → (weak ref to it, its factor)
+
+
+def position_factor(precision: torch.Tensor) -> torch.Tensor:
+    """P×c×c upper-triangular U with precision = UᵀU per position (float32), computed once per precision tensor.
+
+    A distance is then one matrix-vector product, ‖U(x − μ)‖, instead of (x − μ)ᵀ·precision·(x − μ): the same
+    value to float rounding, about 4× cheaper at batch 1 (docs/performance.md). Cached by tensor identity for the
+    tensor's lifetime; a position whose precision is not positive definite falls back to its eigen-factor.
+    """
+    key = id(precision)
+    hit = _FACTORS.get(key)
+    if hit is not None and hit[0]() is precision:
+        return hit[1]
+    p64 = precision.double()
+    low, info = torch.linalg.cholesky_ex(p64)
+    factor = low.transpose(1, 2)
+    bad = (info != 0).nonzero()[:, 0]
+    if bad.numel():  # eigen-factor diag(√λ⁺)·Vᵀ: negative eigenvalues (rounding) count as zero, like the clamp
+        lam, vec = torch.linalg.eigh(p64[bad])
+        factor[bad] = lam.clamp(min=0).sqrt()[:, :, None] * vec.transpose(1, 2)
+    factor = factor.float().contiguous()
+    _FACTORS[key] = (weakref.ref(precision, lambda _: _FACTORS.pop(key, None)), factor)
+    return factor
+
+
 def position_distances(feats: torch.Tensor, channels: torch.Tensor, mean: torch.Tensor,
                        precision: torch.Tensor) -> torch.Tensor:
     """B×C×h×w features → B×h×w Mahalanobis distance of each cell to its own position's Gaussian."""
@@ -49,9 +76,9 @@ def position_distances(feats: torch.Tensor, channels: torch.Tensor, mean: torch.
     if f.shape[1] != mean.shape[0]:
         raise ParameterError("image grid differs from the fitted one: a per-position Gaussian needs the same "
                              "image_size at fit and predict time")
-    dp = (f - mean[None]).transpose(0, 1)  # P×B×C: one small batched matmul per position
-    d2 = (torch.bmm(dp, precision) * dp).sum(-1).transpose(0, 1).clamp_(min=0)
-    return d2.sqrt().reshape(b, h, w)
+    dp = (f - mean[None]).transpose(0, 1).contiguous()  # P×B×C (measured: other layouts hit a path 4× slower)
+    d2 = torch.bmm(position_factor(precision), dp.transpose(1, 2)).pow_(2).sum(1)  # P×B: a product per position
+    return d2.T.sqrt().reshape(b, h, w)
 
 
 class PaDiM(ImageDetector):

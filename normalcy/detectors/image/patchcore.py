@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from normalcy.calibration.groups import AUTO, GroupModel, as_labels, resolve_groups
 from normalcy.detectors.image.bank import open_bank, streamed_nearest, write_bank
 from normalcy.detectors.image.common import ImageDetector, masked_max
+from normalcy.detectors.image.modes import (
+    MIN_MODE_IMAGES,
+    PositionModes,
+    Projection,
+    find_image_modes,
+    image_descriptors,
+)
 from normalcy.detectors.image.padim import fit_position_gaussian, position_distances, random_channels
 from normalcy.detectors.image.search import (
     Bank,
@@ -39,6 +47,7 @@ EXACT_SEARCH_MAX = 2048  # banks up to this size are searched exactly with searc
 # about n_probe·128 candidates per query; measured equal at 2,048 rows, IVF 5.5× faster at 13.5k, docs/performance.md)
 SEARCH_MODES = ("auto", "exact", "ivf", "faiss-ivf", "faiss-hnsw")
 BANK_STORAGE = ("inline", "mmap")
+MODES = (None, "auto", "groups")  # per-mode position term: off, modes found by clustering, the fit's groups
 
 
 def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -57,9 +66,14 @@ class PatchCore(ImageDetector):
 
     With `positional=True` a `holdout` fraction of the fit images (seeded) builds neither the bank nor the
     Gaussians: it only measures the two distances' mean and spread on normal images for the fusion.
+    Measured in docs/design.md ("Nuisance brightness and sub-populations"): `intensity="gain"` (the default) scales
+    each image to mean grey 0.5 before the backbone, `intensity_jitter=True` adds gain-shifted copies of the fit images,
+    `modes="auto"|"groups"` fits the Gaussian and normalizers per normal mode (detectors/image/modes.py).
     """
 
     name = "patchcore"
+    # files saved before `intensity` existed were fitted on raw images: they load with intensity=None
+    OLD_FILE_PARAMS = {"intensity": None}
 
     def __init__(
         self,
@@ -74,11 +88,14 @@ class PatchCore(ImageDetector):
         positional: bool = True,
         position_features: int = 100,
         holdout: float = 0.2,
+        modes: str | None = None,
+        intensity_jitter: bool = False,
+        intensity: str | None = "gain",
         coreset_ratio: float = 0.1,
         coreset_dim: int = 64,
         reweight: bool = False,
         search: str = "auto",
-        n_probe: int = 4,  # IVF lists per query: 8 → 4 halves search for ≤ 0.001 AUROC (docs/performance.md)
+        n_probe: int = 2,  # IVF lists per query: 8 → 2 costs ≤ 0.0021 AUROC on both real sets (docs/performance.md)
         bank_storage: str = "inline",
         border: float = 0.0625,
         sigma: float = 4.0,
@@ -92,12 +109,49 @@ class PatchCore(ImageDetector):
     ) -> None:
         self._store_params(locals())
 
+    def fit(self, X: Any, y: Any = None, groups: Any = None, refine: bool = False) -> PatchCore:
+        """Fit on normal images. `modes="auto"`: each image is also scored against its own normal mode's position
+        term; `modes="groups"`: against its calibration group's (`groups` labels, "subfolders", a CSV, or "auto" =
+        found modes). Off by default: it did not win where measured (docs/design.md, "Nuisance brightness and
+        sub-populations").
+        """
+        items = self._prepare(X)
+        if self.modes not in MODES:
+            raise ParameterError(f"modes must be one of {', '.join(map(repr, MODES))}, got {self.modes!r}")
+        follow = self.modes == "groups" and groups is not None
+        self._auto_modes = self.modes == "auto" or (follow and isinstance(groups, str) and groups == AUTO)
+        self._given_modes = None
+        if follow and not self._auto_modes:  # given groups: remembered by item for the fold fits
+            resolved = resolve_groups(groups, items)
+            if not isinstance(resolved, str):  # an unknown keyword is calibration's error to raise
+                labels = as_labels(resolved, len(items))
+                self._given_modes = {id(it): str(g) for it, g in zip(items, labels)}
+        return super().fit(items, y, groups=groups, refine=refine)
+
+    def iter_features(self, items: list, desc: str = "features", raw: bool = False) -> Any:
+        """The feature loop, on gain-normalized images with `intensity="gain"` (detectors/image/intensity.py)."""
+        if self.intensity not in (None, "gain"):
+            raise ParameterError(f"intensity must be None or 'gain', got {self.intensity!r}")
+        if self.intensity == "gain":
+            from normalcy.detectors.image.intensity import GainNormalized
+
+            items = GainNormalized(items)
+        return super().iter_features(items, desc, raw)
+
+    @property
+    def n_modes_(self) -> int:
+        """Normal modes the position term was fitted on (1: one pooled population)."""
+        modes = getattr(self, "_modes", None)
+        return 1 if modes is None else modes.n
+
     def _fit(self, items: list) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        self._position = self._fusion = None
+        if self.modes not in MODES:
+            raise ParameterError(f"modes must be one of {', '.join(map(repr, MODES))}, got {self.modes!r}")
+        self._position = self._fusion = self._modes = None
         if not self.positional:
-            patches = self.collect_patches(items)
+            patches = self.collect_patches(self._with_jitter(items))
             self._fit_bank(patches, ChannelStats.fit(patches) if self.standardize else None)
             return
         if self.reweight:
@@ -105,6 +159,10 @@ class PatchCore(ImageDetector):
         if not 0.0 < self.holdout < 1.0:
             raise ParameterError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
         fit_items, held = split_holdout(items, self.holdout, self.seed)
+        given = self._given_labels(fit_items)
+        fit_items = self._with_jitter(fit_items)  # after the split: held-out images keep no copy in the bank
+        if given is not None and len(fit_items) > len(given):  # jitter copies follow their image, item by item
+            given = np.concatenate([given, np.repeat(given, (len(fit_items) - len(given)) // len(given))])
         batches = [(f, v) for f, _, v in self.iter_features(fit_items, "fit features")]
         patches = torch.cat([f.permute(0, 2, 3, 1)[v] for f, v in batches])
         self._stats = ChannelStats.fit(patches) if self.standardize else None
@@ -112,10 +170,14 @@ class PatchCore(ImageDetector):
             std = (lambda f: f) if self._stats is None else (lambda f: self._stats.apply(f, dim=1))
             chans = random_channels(patches.shape[1], self.position_features, self.seed)
             self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches), chans, 0.01))
+            if given is not None or getattr(self, "_auto_modes", self.modes == "auto"):
+                self._modes = self._fit_modes([(std(f), v) for f, v in batches], chans, given)
         del batches
         self._fit_bank(patches, self._stats)
         if self._position is not None:
             self._fusion = self._fusion_norms(held)
+        if self._modes is not None:
+            self._modes.norms = self._mode_norms(held)
 
     def _fit_bank(self, patches: torch.Tensor, stats: ChannelStats | None) -> None:
         """The greedy-coreset memory bank of these normal patches (standardized in place with `stats`)."""
@@ -140,6 +202,71 @@ class PatchCore(ImageDetector):
         floor = 1e-12
         return torch.tensor([a.mean(), a.std().clamp(min=floor), b.mean(), b.std().clamp(min=floor)],
                             dtype=torch.float64)
+
+    def _with_jitter(self, items: list) -> list:
+        """The fit images plus their brightness-jittered copies when `intensity_jitter` (detectors/image/intensity)."""
+        if not self.intensity_jitter:
+            return items
+        from normalcy.detectors.image.intensity import jitter_copies
+
+        return list(items) + jitter_copies(items)
+
+    def _given_labels(self, items: list) -> np.ndarray | None:
+        """The given group of each fit image (from `fit(groups=...)`), None unless every one of them has one."""
+        given = getattr(self, "_given_modes", None)
+        if not given:
+            return None
+        labels = [given.get(id(getattr(it, "source", it))) for it in items]
+        return None if any(g is None for g in labels) else np.array(labels)
+
+    def _fit_modes(self, batches: list, chans: torch.Tensor, given: np.ndarray | None) -> PositionModes | None:
+        """One position Gaussian per normal mode of the fit images (None: one population).
+
+        Modes are the given groups (new images go to the nearest group centre, as calibration does) when every
+        group has MIN_MODE_IMAGES fit images, else found by k-means on the images' mean standardized features.
+        """
+        raw = np.concatenate([image_descriptors(f, v) for f, v in batches])
+        projection = Projection.fit(raw)
+        desc = projection(raw)
+        if given is not None:
+            names, counts = np.unique(given, return_counts=True)
+            if len(names) < 2 or counts.min() < MIN_MODE_IMAGES:
+                return None
+            groups = GroupModel.nearest_centres(desc, given)
+            mode_of = np.searchsorted(np.array(groups.labels), given)
+        else:
+            mode_of, groups = find_image_modes(desc, seed=self.seed)
+        if groups is None:
+            return None
+        sizes = np.cumsum([0] + [f.shape[0] for f, _ in batches])
+        means, precisions = [], []
+        for k in range(len(groups.centers)):
+            pick = [(f, torch.from_numpy(mode_of[a:b] == k)) for (f, _), a, b in zip(batches, sizes, sizes[1:])]
+            mean, precision = fit_position_gaussian((f[m] for f, m in pick if m.any()), chans, 0.01)
+            means.append(mean)
+            precisions.append(precision)
+        empty = torch.zeros(len(means), 4, dtype=torch.float64)  # the normalizers come from the held-out images
+        return PositionModes(groups, projection, means, precisions, empty)
+
+    def _mode_norms(self, held: list) -> torch.Tensor:
+        """Per mode, the fusion normalizers on the held-out images of that mode (all held-out ones if it has none)."""
+        modes = self._modes
+        chans = self._position[0]
+        nn, pos, owner = [], [[] for _ in range(modes.n)], []
+        for feats, _, valid in self.iter_features(held, "held-out normals"):
+            dist, _, searched = self._nn_maps(feats)
+            nn.append(dist[valid])
+            own = torch.from_numpy(modes.assign(searched, valid))
+            owner.append(own[:, None, None].expand_as(valid)[valid])
+            for k in range(modes.n):
+                pos[k].append(position_distances(searched, chans, modes.means[k], modes.precisions[k])[valid])
+        nn_all, owner_all = torch.cat(nn).double(), torch.cat(owner)
+        rows = []
+        for k in range(modes.n):
+            sel = owner_all == k if bool((owner_all == k).any()) else torch.ones_like(owner_all, dtype=torch.bool)
+            a, b = nn_all[sel], torch.cat(pos[k]).double()[sel]
+            rows.append(torch.stack([a.mean(), a.std().clamp(min=1e-12), b.mean(), b.std().clamp(min=1e-12)]))
+        return torch.stack(rows)
 
     def _search_mode(self, n_bank: int) -> str:
         """The backend actually used: `search`, with "auto" = exact up to EXACT_SEARCH_MAX rows, else own IVF."""
@@ -206,7 +333,9 @@ class PatchCore(ImageDetector):
 
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps, idx, searched = self._nn_maps(feats)
-        if getattr(self, "_fusion", None) is not None:
+        if getattr(self, "_modes", None) is not None:
+            maps = self._mode_maps(maps, searched, valid)
+        elif getattr(self, "_fusion", None) is not None:
             mu_nn, sd_nn, mu_pos, sd_pos = (float(v) for v in self._fusion)
             pos = position_distances(searched, *self._position)
             maps = (maps - mu_nn) / sd_nn + (pos - mu_pos) / sd_pos
@@ -215,6 +344,18 @@ class PatchCore(ImageDetector):
         if self.reweight:
             scores = self._reweighted(searched, maps, idx, cells, scores)
         return scores, maps
+
+    def _mode_maps(self, nn: torch.Tensor, searched: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The fused map with each image's own mode: its Gaussian and its normalizers."""
+        modes = self._modes
+        own = modes.assign(searched, valid)
+        out = torch.empty_like(nn)
+        for k in np.unique(own):
+            i = torch.from_numpy(np.flatnonzero(own == k))
+            mu_nn, sd_nn, mu_pos, sd_pos = (float(v) for v in modes.norms[k])
+            pos = position_distances(searched[i], self._position[0], modes.means[k], modes.precisions[k])
+            out[i] = (nn[i] - mu_nn) / sd_nn + (pos - mu_pos) / sd_pos
+        return out
 
     def _reweighted(self, feats, maps, nn_idx, valid, scores, neighbours: int = 3) -> torch.Tensor:
         """PatchCore eq. 7: damp the max-patch score when its nearest bank entry sits in a dense region."""
@@ -237,6 +378,8 @@ class PatchCore(ImageDetector):
             chans, mean, precision = self._position
             out.update(position_channels=chans.numpy(), position_mean=mean.numpy(),
                        position_precision=precision.numpy(), fusion_norms=self._fusion.numpy())
+        if getattr(self, "_modes", None) is not None:
+            out.update(self._modes.arrays())
         if self._lists is not None:
             out["ivf_centroids"] = self._lists[0].numpy()
             out["ivf_assign"] = self._lists[1].numpy()
@@ -258,6 +401,7 @@ class PatchCore(ImageDetector):
         self._load_canvas(meta)
         self._stats = ChannelStats.from_arrays(arrays)
         self._position = self._fusion = None
+        self._modes = PositionModes.from_arrays(arrays)  # None for models saved without modes: one pooled term
         if "fusion_norms" in arrays:
             to = lambda k, t: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=t))  # noqa: E731
             self._position = (to("position_channels", np.int64), to("position_mean", np.float32),

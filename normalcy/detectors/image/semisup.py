@@ -66,6 +66,7 @@ class SemiSupervised(PatchCore):
             batch_size=batch_size, memory_budget_mb=memory_budget_mb, alpha=alpha, pixel_fpr=pixel_fpr,
             calibration_fraction=calibration_fraction, seed=seed, progress=progress,
             standardize=False, positional=False,  # the head is fused with the plain nearest-neighbour score
+            intensity=None,  # measured without gain normalization; its files (before and after) load alike
         )
         self.n_synthetic = n_synthetic
         self.oversample = oversample

@@ -1,0 +1,137 @@
+"""Screen few-shot variants on cached backbone stages: image AUROC per k and seed, one thread.
+
+Usage (the third-pass screen of docs/fewshot.md; a seeded test subsample, k = 1, seeds 0,1,2):
+  python benchmarks/fewshot_screen.py ../shared/data/kolektorsdd --n-test 100 --shots 1 \
+      --prior HEAD_TRAINED_WITHOUT_THIS_SET.safetensors --cache /tmp/fewshot_screen
+Variants: `--aggregates` (patch aggregation sizes) × `--augments` ("flip", "dihedral" = flips + quarter turns on
+square canvases, "+shift" adds reflect-shifted copies by half a stride-8 cell). Map rules per variant: "plain"
+(nearest-neighbour distance, the detector's max − median score), "fuse" (per-image robust z of log distance + of
+the prior head's logit, top-1 % or max rule) and "rz" (the robust z of log distance alone). The raw stages of the
+test subsample and of every reference view are extracted once and cached (`--cache`), so variants cost only the
+search.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from normalcy import metrics
+from normalcy.data import as_rgb_array, load_mvtec
+from normalcy.detectors.image.fewshot import FewShot, aggregate_stages, robust_z, sample_references, views
+from normalcy.detectors.image.search import greedy_coreset, nearest_neighbors
+from normalcy.detectors.image.zeroshot import ZeroShot, head_inputs, load_head
+
+SHIFTS = ((0, 4), (4, 0), (4, 4))  # pixels: half a stride-8 cell
+
+
+def stages_of(fs: FewShot, item, augment: str = "none", shift: tuple[int, int] = (0, 0)):
+    """Raw padded stages (half precision) and valid cells of one image's views."""
+    a = as_rgb_array(item.path)
+    x, _, valid = fs._canvas_batch([a], fs._canvas_shape(*a.shape[:2]), "none")
+    if shift != (0, 0):
+        x = F.pad(x, (shift[1], 0, shift[0], 0), mode="reflect")[..., : x.shape[-2], : x.shape[-1]]
+    if augment != "none":
+        x, valid = views(x, augment), views(valid, augment)
+    return [s.half() for s in fs._features(x, raw=True)], valid
+
+
+def build_cache(root: Path, n_test: int, shots: list[int], seeds: list[int], path: Path) -> dict:
+    """Stages of a seeded test subsample and of every reference's flip/rotation and shifted views."""
+    if path.is_file():
+        return torch.load(path, weights_only=False)  # our own scratch file
+    train, test = load_mvtec(root)
+    rng = np.random.default_rng(0)
+    idx = np.arange(len(test)) if n_test >= len(test) else np.sort(rng.choice(len(test), n_test, replace=False))
+    fs = FewShot(progress=False)
+    out = {"labels": np.array([test[i].label for i in idx]), "cells": fs._pad_cells(),
+           "test": [stages_of(fs, test[i]) for i in idx], "refs": {}, "samples": {}}
+    for k in shots:
+        for seed in seeds:
+            refs = sample_references(train, k, seed)
+            out["samples"][(k, seed)] = [str(r.path) for r in refs]
+            for r in refs:
+                if str(r.path) not in out["refs"]:
+                    square = len(set(fs._canvas_shape(*as_rgb_array(r.path).shape[:2]))) == 1
+                    views8 = stages_of(fs, r, "dihedral" if square else "flip")
+                    shifted = [stages_of(fs, r, "flip", s) for s in SHIFTS]
+                    out["refs"][str(r.path)] = {"views": views8, "shifts": shifted}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+def bank(cache: dict, k: int, seed: int, aggregate: int, augment: str) -> torch.Tensor:
+    """Reference patches of one (k, seed) for a variant, greedy-coreset to 16,384 rows like the detector."""
+    parts = []
+    for p in cache["samples"][(k, seed)]:
+        ref = cache["refs"][p]
+        st, v = ref["views"]
+        n = v.shape[0] if augment.startswith("dihedral") else 4
+        chosen = [([s[:n] for s in st], v[:n])] + (ref["shifts"] if augment.endswith("+shift") else [])
+        for st, v in chosen:
+            parts.append(aggregate_stages([s.float() for s in st], aggregate, cache["cells"]).permute(0, 2, 3, 1)[v])
+    x = torch.cat(parts)
+    if x.shape[0] > 16384:
+        x = x[greedy_coreset(x, 16384 / x.shape[0], seed=0)]
+    return x.contiguous()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", help="an MVTec-layout category folder")
+    ap.add_argument("--n-test", type=int, default=100, help="seeded test subsample (all when larger than the set)")
+    ap.add_argument("--shots", default="1")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--aggregates", default="1")
+    ap.add_argument("--augments", default="flip", help="comma separated: flip, dihedral, flip+shift, dihedral+shift")
+    ap.add_argument("--prior", help="zero-shot head file for the fused rules (trained without this set)")
+    ap.add_argument("--cache", default="fewshot_screen_cache")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    root = Path(args.data)
+    shots, seeds = [int(s) for s in args.shots.split(",")], [int(s) for s in args.seeds.split(",")]
+    cache = build_cache(root, args.n_test, shots, seeds, Path(args.cache) / f"{root.name}-{args.n_test}.pt")
+    labels, cells = cache["labels"], cache["cells"]
+    fs, zs = FewShot(progress=False), ZeroShot(progress=False)
+    logits = None
+    if args.prior:
+        head, meta = load_head(args.prior)
+        splits = zs.stage_splits()
+        logits = [head.maps(head_inputs(aggregate_stages([s.float() for s in st], 3, cells), v, splits,
+                                        meta.get("fractions")))[0] for st, v in cache["test"]]
+        alone = [float(zs.image_scores(z[None], v)[0]) for z, (_, v) in zip(logits, cache["test"])]
+        zs_auc = metrics.auroc(labels, alone)
+        print(f"{root.name}: prior head alone (top 1 % rule): {zs_auc:.4f}")
+    for aggregate in (int(a) for a in args.aggregates.split(",")):
+        test = [(aggregate_stages([s.float() for s in st], aggregate, cells), v) for st, v in cache["test"]]
+        for augment in args.augments.split(","):
+            for k in shots:
+                aucs: dict[str, list[float]] = {}
+                for seed in seeds:
+                    b = bank(cache, k, seed, aggregate, augment)
+                    sq = b.pow(2).sum(1)
+                    scores: dict[str, list[float]] = {}
+                    for i, (f, v) in enumerate(test):
+                        d = nearest_neighbors(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), b, 1, 256, sq)[0]
+                        d = d[:, 0].view(1, *f.shape[-2:])
+                        rz = robust_z(d.clamp(min=1e-6).log(), v)
+                        maps = {"plain/max": (d, fs), "rz/top": (rz, zs), "rz/max": (rz, fs)}
+                        if logits is not None:
+                            fused = rz + robust_z(logits[i][None], v)
+                            maps.update({"fuse/top": (fused, zs), "fuse/max": (fused, fs)})
+                        for rule, (m, det) in maps.items():
+                            scores.setdefault(rule, []).append(float(det.image_scores(m, v)[0]))
+                    for rule, s in scores.items():
+                        aucs.setdefault(rule, []).append(metrics.auroc(labels, s))
+                for rule, a in aucs.items():
+                    print(f"{root.name} n={len(labels)} aggregate={aggregate} augment={augment} k={k} {rule}: "
+                          f"{np.mean(a):.4f} ± {np.std(a):.4f} ({' / '.join(f'{x:.3f}' for x in a)})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
