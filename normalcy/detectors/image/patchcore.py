@@ -67,7 +67,9 @@ class PatchCore(ImageDetector):
     With `positional=True` a `holdout` fraction of the fit images (seeded) builds neither the bank nor the
     Gaussians: it only measures the two distances' mean and spread on normal images for the fusion.
     Measured in docs/design.md ("Nuisance brightness and sub-populations"): `intensity="gain"` (the default) scales
-    each image to mean grey 0.5 before the backbone, `intensity_jitter=True` adds gain-shifted copies of the fit images,
+    each image to mean grey 0.5 before the backbone, `intensity_jitter=True` adds gain-shifted copies of the fit images
+    (measured with `intensity=None`; under the default gain normalization the copies are scaled back, only clipping
+    differs),
     `modes="auto"|"groups"` fits the Gaussian and normalizers per normal mode (detectors/image/modes.py).
     """
 
