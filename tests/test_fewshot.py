@@ -194,3 +194,29 @@ def test_tall_strips_with_a_thin_crack(normal_images):
     result = det.score(goods + bads)
     assert all(m.shape == (192, 64) for m in result.maps)
     assert normalcy.metrics.auroc(np.array([0] * 4 + [1] * 4), result.scores) == 1.0
+
+
+def test_gain_option_scores_a_darker_copy_alike_and_checks_its_value(normal_images, test_images):
+    images, _ = test_images
+    even = [(im // 2) * 2 for im in images[:4]]  # even grey levels: halving them is exact in uint8
+    half = [im // 2 for im in even]
+    det = create_detector("fewshot", **SMALL).fit(normal_images[:2])  # intensity="auto": gain without a prior
+    raw = create_detector("fewshot", intensity=None, **SMALL).fit(normal_images[:2])
+    # the gain is divided out before the backbone (up to one grey level of rounding); without it, it is not
+    gained = np.abs(det.score(half).scores - det.score(even).scores).max()
+    plain = np.abs(raw.score(half).scores - raw.score(even).scores).max()
+    assert gained < 0.1 * plain
+    assert det._gain() and create_detector("fewshot", intensity="gain", prior="builtin")._gain()
+    assert not create_detector("fewshot", prior="builtin")._gain()  # the prior's head was trained on raw images
+    with pytest.raises(ParameterError, match="intensity"):
+        create_detector("fewshot", intensity="equalize", **SMALL).fit(normal_images[:2])
+
+
+def test_fewshot_files_from_before_the_gain_load_without_it(normal_images, tmp_path):
+    from normalcy.store import _rebuild, read_file
+
+    path = create_detector("fewshot", **SMALL).fit(normal_images[:2]).save(tmp_path / "fs.normalcy")
+    meta, arrays = read_file(path)
+    assert meta["params"]["intensity"] == "auto"
+    del meta["params"]["intensity"]
+    assert _rebuild(path, meta, arrays, check_backbone=False).intensity is None

@@ -43,7 +43,7 @@ def test_robust_z_is_scale_free():
 
 def test_fused_map_is_the_sum_of_both_robust_z_maps(small_head, normal_images, test_images):
     images, _ = test_images
-    plain = fitted(normal_images[:1])
+    plain = fitted(normal_images[:1], intensity=None)  # the prior path scores raw images (intensity="auto")
     fused = fitted(normal_images[:1], prior=small_head)
     zs = create_detector("zeroshot", head=small_head, image_size=64, progress=False).fit()
     (f_p, _, valid), = plain.iter_features(images[:3])

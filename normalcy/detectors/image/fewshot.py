@@ -29,6 +29,7 @@ from normalcy.calibration.transfer import MIN_CONFORMAL, TransferTable, load_tab
 from normalcy.data.progress import progress_bar
 from normalcy.detectors.base import Prediction, ScoreResult
 from normalcy.detectors.image.common import CachedFeatures, ImageDetector, border_cells, erode, masked_max
+from normalcy.detectors.image.intensity import gain_normalize
 from normalcy.detectors.image.search import greedy_coreset, nearest_neighbors
 from normalcy.errors import ParameterError
 from normalcy.features.extractor import PaddedExtractor, pad_cells
@@ -149,6 +150,7 @@ class FewShot(ImageDetector):
 
     name = "fewshot"
     min_fit_items = 1
+    OLD_FILE_PARAMS = {"intensity": None}  # files saved before `intensity` existed scored raw images
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class FewShot(ImageDetector):
         progress: bool = True,
         transfer_table: str | None = "builtin",
         prior: str | None = None,
+        intensity: str | None = "auto",
     ) -> None:
         self._store_params(locals())
 
@@ -233,6 +236,8 @@ class FewShot(ImageDetector):
                 chunk = items[start : start + int(self.batch_size)]
                 arrays = [as_rgb_array(getattr(c, "source", c) if isinstance(c, CachedFeatures) else c)
                           for c in chunk]
+                if self._gain():
+                    arrays = [gain_normalize(a) for a in arrays]
                 shapes = [self._canvas_shape(*a.shape[:2]) for a in arrays]
                 i = 0
                 while i < len(arrays):
@@ -340,6 +345,16 @@ class FewShot(ImageDetector):
         dist = self.nearest(feats[:, :-1])[0][:, 0].view(b, h, w)
         maps = robust_z(dist.clamp(min=1e-6).log(), valid) + robust_z(feats[:, -1], valid)
         return self.image_scores(maps, valid), maps
+
+    def _gain(self) -> bool:
+        """Whether images are gain-normalized first, as PatchCore's default (docs/fewshot.md, fourth pass).
+
+        "auto": yes, unless a zero-shot `prior` is fused (its head was trained on raw images); subclasses: no.
+        """
+        intensity = getattr(self, "intensity", None)
+        if intensity not in (None, "gain", "auto"):
+            raise ParameterError(f"intensity must be 'auto', 'gain' or None, got {intensity!r}")
+        return intensity == "gain" or (intensity == "auto" and not self._uses_prior())
 
     # ---- the zero-shot prior ---------------------------------------------------------------------------------
     def _uses_prior(self) -> bool:
