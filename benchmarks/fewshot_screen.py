@@ -43,12 +43,12 @@ def stages_of(fs: FewShot, item, augment: str = "none", shift: tuple[int, int] =
 def build_cache(root: Path, n_test: int, shots: list[int], seeds: list[int], path: Path) -> dict:
     """Stages of a seeded test subsample and of every reference's flip/rotation and shifted views."""
     if path.is_file():
-        return torch.load(path, weights_only=False)  # our own scratch file
+        return torch.load(path, weights_only=True)  # tensors, lists, dicts and numbers only
     train, test = load_mvtec(root)
     rng = np.random.default_rng(0)
     idx = np.arange(len(test)) if n_test >= len(test) else np.sort(rng.choice(len(test), n_test, replace=False))
     fs = FewShot(progress=False)
-    out = {"labels": np.array([test[i].label for i in idx]), "cells": fs._pad_cells(),
+    out = {"labels": torch.tensor([int(test[i].label) for i in idx]), "cells": fs._pad_cells(),
            "test": [stages_of(fs, test[i]) for i in idx], "refs": {}, "samples": {}}
     for k in shots:
         for seed in seeds:
@@ -96,7 +96,7 @@ def main() -> None:
     root = Path(args.data)
     shots, seeds = [int(s) for s in args.shots.split(",")], [int(s) for s in args.seeds.split(",")]
     cache = build_cache(root, args.n_test, shots, seeds, Path(args.cache) / f"{root.name}-{args.n_test}.pt")
-    labels, cells = cache["labels"], cache["cells"]
+    labels, cells = np.asarray(cache["labels"]), cache["cells"]
     fs, zs = FewShot(progress=False), ZeroShot(progress=False)
     logits = None
     if args.prior:

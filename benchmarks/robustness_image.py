@@ -19,6 +19,7 @@ Subsamples are seeded; nothing is tuned on test labels. Features are cached in D
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from normalcy.calibration.groups import find_modes, item_descriptors
 from normalcy.data import as_rgb_array, load_mvtec
 from normalcy.detectors import create_detector
 from normalcy.detectors.image.common import CachedFeatures
+from normalcy.features.preprocess import Placement
 
 SHIFTS = ("gain0.8", "gain1.2", "gamma0.7", "gamma1.4")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -70,15 +72,17 @@ def features(det: Any, samples: list, transforms: list[str], cache: Path | None,
     """Patch features of the samples, each under its transform, on det's canvas (cached on disk by content key)."""
     key = hashlib.sha1(repr((tag, det.canvas, det.backbone, [str(s.path) for s in samples], transforms)).encode())
     path = None if cache is None else cache / f"{key.hexdigest()[:16]}.pt"
-    if path is not None and path.exists():
-        return torch.load(path, weights_only=False)
+    if path is not None and path.exists():  # tensors, lists and numbers only: no pickle of objects
+        return [CachedFeatures(r["feats"], Placement(*r["placement"]), r["valid"], r["raw"], None)
+                for r in torch.load(path, weights_only=True)]
     arrays = [shift(as_rgb_array(s), t) for s, t in zip(samples, transforms)]
     out = det._cache_features(arrays)
     for c in out:
         c.source = None  # keep the cache small; fitting and scoring use the features only
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, path)
+        torch.save([{"feats": c.feats, "placement": list(dataclasses.astuple(c.placement)), "valid": c.valid,
+                     "raw": bool(c.raw)} for c in out], path)
     return out
 
 
