@@ -34,6 +34,7 @@ from normalcy.calibration.groups import find_modes, item_descriptors
 from normalcy.data import as_rgb_array, load_mvtec
 from normalcy.detectors import create_detector
 from normalcy.detectors.image.common import CachedFeatures
+from normalcy.detectors.image.intensity import gain_normalize, intensity_shift
 from normalcy.features.preprocess import Placement
 
 SHIFTS = ("gain0.8", "gain1.2", "gamma0.7", "gamma1.4")
@@ -46,18 +47,17 @@ def shift(img: np.ndarray, name: str) -> np.ndarray:
         for part in name.split("+"):
             img = shift(img, part)
         return img
-    x = img.astype(np.float32) / 255.0
     if name.startswith("gain"):
-        x = x * float(name[4:])
-    elif name.startswith("gamma"):
-        x = x ** float(name[5:])
-    elif name == "invert":
-        x = 1.0 - x
-    elif name == "mean0.5":  # global gain only: mean grey level 0.5
-        x = x * (0.5 / max(float(x.mean()), 1e-3))
-    elif name != "none":
+        return intensity_shift(img, "gain", float(name[4:]))
+    if name.startswith("gamma"):
+        return intensity_shift(img, "gamma", float(name[5:]))
+    if name == "invert":
+        return 255 - img
+    if name == "mean0.5":  # global gain only: mean grey level 0.5, as PatchCore's intensity="gain"
+        return gain_normalize(img)
+    if name != "none":
         raise ValueError(name)
-    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return img
 
 
 def subsample(items: list, n: int | None, seed: int) -> list:

@@ -149,9 +149,7 @@ class PatchCore(ImageDetector):
     def _fit(self, items: list) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.modes not in MODES:
-            raise ParameterError(f"modes must be one of {', '.join(map(repr, MODES))}, got {self.modes!r}")
-        self._position = self._fusion = self._modes = None
+        self._position = self._fusion = self._modes = None  # `modes` was checked by fit
         if not self.positional:
             patches = self.collect_patches(self._with_jitter(items))
             self._fit_bank(patches, ChannelStats.fit(patches) if self.standardize else None)
