@@ -1,10 +1,11 @@
 """Build the few-shot transfer table (normalcy/calibration/data/fewshot_transfer.json) from auxiliary data.
 
-Usage (the shipped table; ~1 h on one shared core):
-  python benchmarks/fewshot_transfer.py ../shared/data/magnetic_tile ../shared/data/kolektorsdd demo \
-      --detectors fewshot --shots 1,2,4,8,16 --seeds 0,1,2 --normals 30 \
-      --out normalcy/calibration/data/fewshot_transfer.json
-(`demo` is written first with `normalcy demo`'s generator when missing: tiles and fabric, seed 0.)
+Usage (the shipped table, rebuilt in docs/fewshot.md's fifth pass; ~7 min on one shared core):
+  python benchmarks/fewshot_transfer.py ../shared/data/magnetic_tile --shots 1,4,2,8 --seeds 0,1 --normals 20 \
+      --eval-shots 1,4 --eval 40 --stats stats_mt.json --out /tmp/t_mt.json        # and the same for kolektorsdd
+  python benchmarks/fewshot_transfer.py --from-stats stats_mt.json,stats_kol.json \
+      --out normalcy/calibration/data/fewshot_transfer.json    # prints the leave-one-dataset-out FPR/TPR
+(`demo` as a data argument is written first with `normalcy demo`'s generator when missing: tiles and fabric.)
 
 For every category, k in --shots and seed: k references are drawn from train/good (`sample_references`), the
 detector is fitted on them (no calibration, no transfer) and `--normals` other train/good images (a fixed seeded
@@ -126,6 +127,7 @@ def main() -> None:
     t0 = time.time()
     tables = []
     merged: dict[str, dict] = {}
+    kept: dict[str, dict] = {}  # statistics of the detectors done, written to --stats
     for f in (args.from_stats or "").split(","):
         if f:
             for det_name, per in json.loads(Path(f).read_text()).items():
@@ -140,16 +142,17 @@ def main() -> None:
             key = f"{c.parent.name}/{c.name}"
 
             def save(st: dict, key: str = key, name: str = name, done: dict = per_cat) -> None:
-                if args.stats:
-                    Path(args.stats).write_text(json.dumps({name: {**done, key: st}}))
+                if args.stats:  # every detector's statistics so far, not only this one's
+                    Path(args.stats).write_text(json.dumps({**kept, name: {**done, key: st}}))
 
             st = category_statistics(c, name, shots, seeds, args.normals, params, eval_shots, args.eval, save)
             per_cat[key] = st
             for k, v in st["normal"].items():
                 pooled.setdefault(k, []).extend(v)
         realized_rates(per_cat, name)
+        kept[name] = per_cat
         if args.stats:
-            Path(args.stats).write_text(json.dumps({name: per_cat}))
+            Path(args.stats).write_text(json.dumps(kept))
         tables.append(TransferTable(name, {k: np.array(v) for k, v in pooled.items()},
                                     {"n_per_k": {str(k): len(v) for k, v in pooled.items()}}))
     command = "python " + " ".join(shlex.quote(",".join(Path(p).name if Path(p).is_absolute() else p

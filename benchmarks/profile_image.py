@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-STAGE_ORDER = ("decode", "resize/canvas", "backbone", "aggregation", "standardize", "search", "positional term",
-               "upsampling", "blur", "calibration", "regions", "overlay drawing", "PNG encoding", "writing results",
-               "coreset", "channel stats", "position gaussian", "ivf lists", "pixel quantiles")
+STAGE_ORDER = ("decode", "gain normalization", "resize/canvas", "backbone", "aggregation", "standardize", "search",
+               "positional term", "upsampling", "blur", "calibration", "regions", "overlay drawing", "PNG encoding",
+               "writing results", "coreset", "channel stats", "position gaussian", "ivf lists", "pixel quantiles")
 
 
 class StageTimer:
@@ -97,12 +97,13 @@ def stage_targets() -> list[tuple[Any, str, str]]:
     from normalcy.apps import results
     from normalcy.calibration import conformal, fitting
     from normalcy.detectors import base
-    from normalcy.detectors.image import bank, common, padim, patchcore, search
+    from normalcy.detectors.image import bank, common, intensity, padim, patchcore, search
     from normalcy.explain import overlay, summary
     from normalcy.features.extractor import PatchFeatureExtractor
     from normalcy.features.standardize import ChannelStats
 
     out = [(data, "read_image", "decode"), (data, "as_rgb_array", "decode"),
+           (intensity, "gain_normalize", "gain normalization"),  # PatchCore's default intensity="gain"
            (common, "prepare_batch", "resize/canvas"), (pre, "prepare_batch", "resize/canvas"),
            (PatchFeatureExtractor, "__call__", "aggregation"),
            (ChannelStats, "apply", "standardize"), (ChannelStats, "fit", "channel stats"),

@@ -212,17 +212,28 @@ def modes(pair: str, roots: dict[str, str], n_train: int, n_test: int, seed: int
     return rows
 
 
-def demo(variants: list[str], out: Path) -> list:
-    """`normalcy demo`'s two synthetic sets with each fit-side variant: rows (category, variant, img, pix, AUPRO)."""
+def demo(variants: list[str], out: Path, seeds: tuple[int, ...] = (0,)) -> list:
+    """`normalcy demo`'s two synthetic sets with each fit-side variant: rows (category, variant, img, pix, AUPRO).
+
+    More `seeds` draw other demo sets (and splits) to see how far one set's figures move by chance; seed 0 is
+    the set `normalcy demo` makes (its rows are named by the variant alone, the others "<variant>@s<seed>").
+    """
     from normalcy.apps.demo import run_demo
 
     params = {"default": {}, "jitter": {"intensity_jitter": True}, "gain": {"intensity": "gain"},
-              "modes": {"modes": "auto"}}
+              "modes": {"modes": "auto"}, "lite1": {"backbone": "efficientnet_lite1"},
+              "lite2": {"backbone": "efficientnet_lite2"}, "hflip": {"test_views": ("identity", "hflip")},
+              "hvflip": {"test_views": ("identity", "hflip", "vflip")}, "refit": {"refit_holdout": True},
+              "norefit": {"refit_holdout": False}}  # the default is intensity="gain" now
     rows = []
-    for variant in variants:
-        for r in run_demo(out / variant, params={**params[variant], "progress": False}, echo=lambda *_: None):
-            rows.append((r["category"], variant, r["image_auroc"], r["pixel_auroc"], r["aupro"]))
-            print(f"[demo] {r['category']:8s} {variant:8s} " + " ".join(f"{v:.4f}" for v in rows[-1][2:]), flush=True)
+    for seed in seeds:
+        for variant in variants:
+            name = variant if seed == 0 else f"{variant}@s{seed}"
+            for r in run_demo(out / name, seed=seed, params={**params[variant], "progress": False},
+                              echo=lambda *_: None):
+                rows.append((r["category"], name, r["image_auroc"], r["pixel_auroc"], r["aupro"]))
+                print(f"[demo] {r['category']:8s} {name:8s} " + " ".join(f"{v:.4f}" for v in rows[-1][2:]),
+                      flush=True)
     return rows
 
 
@@ -235,6 +246,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=100)
     ap.add_argument("--test", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--demo-seeds", default="0", help="demo sets to draw (0 = the one `normalcy demo` makes)")
     ap.add_argument("--cache", type=Path, help="folder for cached features (reused across runs)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -247,7 +259,8 @@ def main() -> None:
         for r in rows:
             print("| " + " | ".join(r[:3]) + " | " + " | ".join(f"{v:.3f}" for v in r[3:]) + " |")
     if "demo" in parts:
-        rows = demo(args.variants.split(","), args.cache or Path("robustness-demo"))
+        seeds = tuple(int(v) for v in args.demo_seeds.split(","))
+        rows = demo(args.variants.split(","), args.cache or Path("robustness-demo"), seeds)
         print("| demo set | variant | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|---|")
         for r in rows:
             print(f"| {r[0]} | {r[1]} | " + " | ".join(f"{v:.3f}" for v in r[2:]) + " |")

@@ -19,7 +19,9 @@ and in-image distances) are cached per set under `--cache`, so re-training with 
 seconds. `--eval` prints image AUROC (the detector's image-score rule; also the other `top_fraction`/`center`
 variants) and full-resolution pixel AUROC, with maps restored to each image's size exactly as the detector does
 (checked on KolektorSDD: `normalcy --threads 1 bench SET --detector zeroshot --param head=HEAD_FILE` gives the same
-figures). A set in both `--sets` and `--eval` is refused.
+figures). A set in both `--sets` and `--eval` is refused. `--intensity gain` gain-normalizes every image (mean grey
+0.5) before the backbone, as PatchCore and the few-shot detectors do; the head file records it and the detector's
+`intensity="auto"` follows it.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def load_rows(path: Path) -> list[dict]:
 def cached_set(root: Path, det: ZeroShot, args: argparse.Namespace) -> list[dict]:
     """A set's head inputs from the cache, computed (and stored) when missing."""
     key = json.dumps([str(root.resolve()), det.feature_config(), args.synth, args.normals, args.seed,
-                      list(SELF_FRACTIONS)])
+                      list(SELF_FRACTIONS)] + ([args.intensity] if args.intensity else []))  # raw: the old keys
     path = Path(args.cache).expanduser() / f"{root.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.safetensors"
     if path.is_file():
         return load_rows(path)
@@ -200,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the evaluation rows here")
+    p.add_argument("--intensity", default=None, choices=["gain"],
+                   help="gain-normalize every image (mean grey 0.5) before the backbone; recorded in the head file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    det = ZeroShot(progress=False)
+    det = ZeroShot(progress=False, intensity=args.intensity)
     roots = [Path(s) for s in args.sets]
     if args.demo:
         from normalcy.data.synthetic import make_demo_dataset
@@ -227,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"features": det.feature_config(), "fractions": list(SELF_FRACTIONS), "hidden": args.hidden,
                 "trained_on": [r.name for r in roots], "command": " ".join(["python benchmarks/train_zeroshot_head.py",
                                                                           *given]),
-                "cells": len(y), "anomalous_cells": int(y.sum()), "images": len(train_rows), "seed": args.seed}
+                "cells": len(y), "anomalous_cells": int(y.sum()), "images": len(train_rows), "seed": args.seed,
+                "intensity": args.intensity}
         save_head(head, args.out, meta)
         print(f"[zeroshot] wrote {args.out}")
     rows = []

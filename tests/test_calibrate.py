@@ -162,6 +162,13 @@ def test_p_interval_and_uncertain_status():
         a, b = p_interval(np.array([counts]), 99)
         hits.append(a[0] <= 0.05 <= b[0])
     assert np.mean(hits) >= 0.88
+    # the interval is the Beta quantile pair of Clopper-Pearson, as scipy.stats.beta states it
+    from scipy import stats
+
+    c = np.arange(1, 99)
+    lo, hi = p_interval(c, 99, level=0.9)
+    np.testing.assert_allclose(lo, stats.beta.ppf(0.05, c, 100 - c), rtol=1e-9)
+    np.testing.assert_allclose(hi, stats.beta.ppf(0.95, c + 1, 99 - c), rtol=1e-9)
 
 
 def test_every_row_says_when_alpha_is_unreachable():

@@ -196,7 +196,7 @@ def test_tall_strips_with_a_thin_crack(normal_images):
     assert normalcy.metrics.auroc(np.array([0] * 4 + [1] * 4), result.scores) == 1.0
 
 
-def test_gain_option_scores_a_darker_copy_alike_and_checks_its_value(normal_images, test_images):
+def test_gain_option_scores_a_darker_copy_alike_and_checks_its_value(normal_images, test_images, tmp_path):
     images, _ = test_images
     even = [(im // 2) * 2 for im in images[:4]]  # even grey levels: halving them is exact in uint8
     half = [im // 2 for im in even]
@@ -207,7 +207,14 @@ def test_gain_option_scores_a_darker_copy_alike_and_checks_its_value(normal_imag
     plain = np.abs(raw.score(half).scores - raw.score(even).scores).max()
     assert gained < 0.1 * plain
     assert det._gain() and create_detector("fewshot", intensity="gain", prior="builtin")._gain()
-    assert not create_detector("fewshot", prior="builtin")._gain()  # the prior's head was trained on raw images
+    # with a prior, "auto" follows its head file: the shipped head is gain-trained, one without the key saw raw images
+    from normalcy.detectors.image.zeroshot import PatchHead, ZeroShot, input_dim, save_head
+
+    assert create_detector("fewshot", prior="builtin")._gain()
+    zs = ZeroShot()
+    raw_head = save_head(PatchHead(input_dim(len(zs.strides)), hidden=8, seed=0), tmp_path / "raw.safetensors",
+                         {"features": zs.feature_config(), "trained_on": ["test"]})
+    assert not create_detector("fewshot", prior=str(raw_head))._gain()
     with pytest.raises(ParameterError, match="intensity"):
         create_detector("fewshot", intensity="equalize", **SMALL).fit(normal_images[:2])
 
@@ -220,3 +227,50 @@ def test_fewshot_files_from_before_the_gain_load_without_it(normal_images, tmp_p
     assert meta["params"]["intensity"] == "auto"
     del meta["params"]["intensity"]
     assert _rebuild(path, meta, arrays, check_backbone=False).intensity is None
+
+
+def test_fewshot_files_from_before_top_cells_score_with_the_max(normal_images, test_images, tmp_path):
+    from normalcy.store import _rebuild, read_file
+
+    images, _ = test_images
+    fitted = create_detector("fewshot", top_cells=1, **SMALL).fit(normal_images[:2])
+    path = fitted.save(tmp_path / "fs.normalcy")
+    meta, arrays = read_file(path)
+    assert meta["params"]["top_cells"] == 1
+    del meta["params"]["top_cells"], meta["params"]["top_fraction"]  # as written before they existed
+    old = _rebuild(path, meta, arrays, check_backbone=False)
+    assert old.top_cells == 1 and old.top_fraction == 0.0
+    np.testing.assert_allclose(old.score(images[:3]).scores, fitted.score(images[:3]).scores, rtol=1e-6)
+    assert create_detector("fewshot").top_cells == 3
+
+
+def test_top_cells_averages_the_highest_scored_cells():
+    import torch
+
+    maps = torch.zeros(1, 8, 8)
+    maps[0, 3, 3], maps[0, 4, 4], maps[0, 4, 3] = 9.0, 6.0, 3.0
+    maps[0, 0, 0] = 100.0  # in the border band: never scored
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    one = create_detector("fewshot", border=0.125, top_cells=1, **SMALL)
+    three = create_detector("fewshot", border=0.125, **SMALL)  # the default: top_cells=3
+    assert float(one.image_scores(maps, valid)[0]) == 9.0  # max minus the median cell (0)
+    assert float(three.image_scores(maps, valid)[0]) == 6.0  # (9 + 6 + 3) / 3
+    assert float(create_detector("fewshot", border=0.125, top_cells=1000, **SMALL).image_scores(maps, valid)[0]) \
+        == pytest.approx(18.0 / 36)  # more than the 36 scored cells: the mean of all of them
+    with pytest.raises(ParameterError, match="top_cells"):
+        create_detector("fewshot", top_cells=0, **SMALL).image_scores(maps, valid)
+
+
+def test_top_fraction_takes_a_share_of_each_images_scored_cells():
+    import torch
+
+    maps = torch.zeros(2, 8, 8)
+    maps[:, 2:6, 2:6] = torch.arange(16.0).view(4, 4)  # 16 distinct values inside the band
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    valid[1, :, 5:] = False  # the second image has fewer scored cells: its own share is smaller
+    det = create_detector("fewshot", border=0.125, top_cells=1, top_fraction=0.1, center=False, **SMALL)
+    s = det.image_scores(maps, valid)
+    assert float(s[0]) == pytest.approx((15 + 14 + 13 + 12) / 4)  # 10 % of 36 cells: 4
+    assert float(s[1]) == pytest.approx((13 + 12) / 2)  # 10 % of its 18 scored cells: 2
+    with pytest.raises(ParameterError, match="top_fraction"):
+        create_detector("fewshot", top_fraction=1.0, **SMALL).image_scores(maps, valid)

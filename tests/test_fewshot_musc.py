@@ -76,3 +76,27 @@ def test_reduced_and_full_width_agree_on_the_odd_image(normal_images, test_image
     for dim in (None, 16):
         scores = create_detector("musc", **SMALL, reduce_dim=dim).fit().score(batch).scores
         assert int(np.argmax(scores)) == 9
+
+
+def test_gain_default_scores_a_batch_with_darker_images_alike(normal_images, test_images):
+    images, _ = test_images
+    even = [(im // 2) * 2 for im in [*normal_images[:4], images[7]]]  # even grey levels: halving them is exact
+    mixed = [im // 2 if i % 2 else im for i, im in enumerate(even)]  # every other image at half the exposure
+    det = create_detector("musc", **SMALL).fit()  # intensity="auto": every image gain-normalized first
+    raw = create_detector("musc", **SMALL, intensity=None).fit()
+    gained = np.abs(det.score(mixed).scores - det.score(even).scores).max()
+    plain = np.abs(raw.score(mixed).scores - raw.score(even).scores).max()
+    assert det._gain() and not raw._gain()
+    assert gained < 0.1 * plain
+    with pytest.raises(ParameterError, match="intensity"):
+        create_detector("musc", **SMALL, intensity="equalize").fit().score(even)
+
+
+def test_musc_files_from_before_the_gain_load_without_it(normal_images, tmp_path):
+    from normalcy.store import _rebuild, read_file
+
+    path = create_detector("musc", **SMALL).fit(normal_images).save(tmp_path / "musc.normalcy")
+    meta, arrays = read_file(path)
+    assert meta["params"]["intensity"] == "auto"
+    del meta["params"]["intensity"]
+    assert _rebuild(path, meta, arrays, check_backbone=False).intensity is None

@@ -108,6 +108,18 @@ def test_fit_with_normals_calibrates(small_head, normal_images, test_images):
     assert np.isfinite([p.p_value for p in det.predict(test_images[0][:2])]).all()
 
 
+def test_intensity_follows_the_head_file(small_head, tmp_path):
+    det = ZeroShot(**SMALL)
+    gain_head = str(save_head(PatchHead(input_dim(len(det.strides)), hidden=8, seed=0), tmp_path / "gain.safetensors",
+                              {"features": det.feature_config(), "trained_on": ["test"], "intensity": "gain"}))
+    assert not create_detector("zeroshot", head=small_head, **SMALL)._gain()  # heads without the key: raw images
+    assert create_detector("zeroshot", head=gain_head, **SMALL)._gain()
+    assert not create_detector("zeroshot", head=gain_head, intensity=None, **SMALL)._gain()
+    assert create_detector("zeroshot", head=small_head, intensity="gain", **SMALL)._gain()
+    with pytest.raises(ParameterError, match="intensity"):
+        create_detector("zeroshot", head=small_head, intensity="equalize", **SMALL)._gain()
+
+
 def test_head_must_fit_the_features(small_head):
     with pytest.raises(ParameterError, match="trained on features"):
         create_detector("zeroshot", head=small_head, aggregate=1, **SMALL).fit()

@@ -75,17 +75,28 @@ def prepare_batch(images: Sequence[np.ndarray], size: Canvas, mode: str = "stret
     for i, img in enumerate(images):
         h, w = img.shape[:2]
         pl = placement_for(h, w, (ch, cw), mode)
+        if is_grey(img):  # grey stored as RGB (read_image repeats L): work on one plane, the same values
+            img = np.ascontiguousarray(img[:, :, 0])
         if (h, w) != (pl.inner_h, pl.inner_w):  # PIL's antialiased bilinear resize on uint8 is fast and exact
             img = np.array(Image.fromarray(img).resize((pl.inner_w, pl.inner_h), Image.Resampling.BILINEAR))
         if not img.flags.writeable:
             img = img.copy()
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
+        t = torch.from_numpy(np.ascontiguousarray(img))
+        t = (t[None] if t.ndim == 2 else t.permute(2, 0, 1))[None].float().div_(255.0)
         if mode == "pad":
             pads = (pl.left, cw - pl.left - pl.inner_w, pl.top, ch - pl.top - pl.inner_h)
             t = F.pad(t, pads, mode="replicate")
-        out[i] = t[0].clamp_(0.0, 1.0)
+        out[i] = t[0].clamp_(0.0, 1.0)  # one plane broadcasts to the three channels
         placements.append(pl)
     return out, placements
+
+
+def is_grey(img: np.ndarray) -> bool:
+    """True for an H×W×3 array whose three channels are equal (a grey image read as RGB)."""
+    if img.ndim != 3 or img.shape[2] != 3:
+        return False
+    first = img[:, :, 0]
+    return bool(np.array_equal(first, img[:, :, 1]) and np.array_equal(first, img[:, :, 2]))
 
 
 def valid_grid(placements: Sequence[Placement], size: Canvas, grid: tuple[int, int]) -> torch.Tensor:
@@ -122,6 +133,19 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
+@functools.lru_cache(maxsize=32)
+def _canvas_operator(grid: int, canvas: int, sigma: float) -> torch.Tensor:
+    """The unit vectors of a `grid`-cell axis upsampled to the canvas and blurred: grid×1×canvas (the part of
+    `axis_operator` that does not depend on the image's size, so images of many sizes share it)."""
+    x = torch.eye(grid)[:, None, :]  # the unit vectors as `grid` one-channel signals
+    x = F.interpolate(x, size=canvas, mode="linear", align_corners=False)
+    if sigma > 0:
+        k = gaussian_kernel1d(sigma)
+        r = (k.numel() - 1) // 2
+        x = F.conv1d(F.pad(x, (r, r), mode="reflect"), k.view(1, 1, -1))
+    return x
+
+
 @functools.lru_cache(maxsize=256)
 def axis_operator(grid: int, canvas: int, start: int, inner: int, out: int, sigma: float) -> torch.Tensor:
     """One axis of `restore_maps` as an out×grid matrix: bilinear upsampling to the canvas, Gaussian blur (reflect
@@ -130,13 +154,7 @@ def axis_operator(grid: int, canvas: int, start: int, inner: int, out: int, sigm
     Every step is linear and acts on each axis separately, so running them on the grid's unit vectors gives the
     matrix; a map is then restored by two small matrix products (cached per size), not by blurring a canvas.
     """
-    x = torch.eye(grid)[:, None, :]  # the unit vectors as `grid` one-channel signals
-    x = F.interpolate(x, size=canvas, mode="linear", align_corners=False)
-    if sigma > 0:
-        k = gaussian_kernel1d(sigma)
-        r = (k.numel() - 1) // 2
-        x = F.conv1d(F.pad(x, (r, r), mode="reflect"), k.view(1, 1, -1))
-    x = x[..., start : start + inner]
+    x = _canvas_operator(grid, canvas, sigma)[..., start : start + inner]
     if inner != out:
         x = F.interpolate(x, size=out, mode="linear", align_corners=False)
     return x[:, 0, :].T.contiguous()

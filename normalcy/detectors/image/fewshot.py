@@ -3,7 +3,8 @@
 Each query patch is scored by its distance to the nearest patch of k normal reference images, whose bank is
 enlarged with flipped/rotated views of the references. Features are the backbone's stride-8 and stride-16 stages
 (multi-stage, locally aggregated) computed on a reflect-padded canvas, so cells at the image border carry no
-zero-padding artefacts. The image score ignores a thin border band (the classic 224-of-256 centre crop).
+zero-padding artefacts. The image score ignores a thin border band (the classic 224-of-256 centre crop) and is the
+mean of the 3 highest cells (`top_cells`) minus the median cell (docs/fewshot.md, fifth pass).
 
 Calibration: with k = 1 no normal image is left to calibrate on, so p-values are NaN and nothing is flagged (the
 base class warns); with k >= 2 the references are cross-fitted (each scored by a model of the others), and the
@@ -150,7 +151,8 @@ class FewShot(ImageDetector):
 
     name = "fewshot"
     min_fit_items = 1
-    OLD_FILE_PARAMS = {"intensity": None}  # files saved before `intensity` existed scored raw images
+    # files saved before these existed scored raw images with the max rule: they load and score as fitted
+    OLD_FILE_PARAMS = {"intensity": None, "top_cells": 1}
 
     def __init__(
         self,
@@ -178,6 +180,8 @@ class FewShot(ImageDetector):
         transfer_table: str | None = "builtin",
         prior: str | None = None,
         intensity: str | None = "auto",
+        top_cells: int = 3,
+        top_fraction: float = 0.0,
     ) -> None:
         self._store_params(locals())
 
@@ -307,8 +311,26 @@ class FewShot(ImageDetector):
         return torch.cat(feats), torch.cat(valid)
 
     def image_scores(self, maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Max over the scored cells, minus the image's median cell score when `center` (a global offset)."""
-        scores = masked_max(maps, self.score_cells(valid))
+        """Mean of the n highest scored cells (n = 1: the max), minus the image's median cell when `center`.
+
+        n = max(`top_cells`, `top_fraction` × the image's scored cells): one stray cell decides less when a few must
+        agree. Subclasses have neither parameter and take the max.
+        """
+        cells = self.score_cells(valid)
+        n, frac = getattr(self, "top_cells", 1), getattr(self, "top_fraction", 0.0)
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ParameterError(f"top_cells must be a positive integer, got {n!r}")
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= float(frac) < 1.0:
+            raise ParameterError(f"top_fraction must be a fraction in [0, 1), got {frac!r}")
+        per_image = (cells.flatten(1).sum(1).double() * float(frac)).round().long().clamp(min=int(n))
+        if int(per_image.max()) == 1:
+            scores = masked_max(maps, cells)
+        else:
+            top = maps.masked_fill(~cells, float("-inf")).flatten(1)
+            top = top.topk(min(int(per_image.max()), top.shape[1]), dim=1).values
+            # each image's own n; fewer scored cells than n: average the ones there are
+            keep = torch.isfinite(top) & (torch.arange(top.shape[1]) < per_image[:, None])
+            scores = top.masked_fill(~keep, 0.0).sum(1) / keep.sum(1).clamp(min=1)
         if self.center:
             flat = maps.masked_fill(~valid, float("nan")).flatten(1)
             scores = scores - flat.nanmedian(dim=1).values
@@ -347,14 +369,17 @@ class FewShot(ImageDetector):
         return self.image_scores(maps, valid), maps
 
     def _gain(self) -> bool:
-        """Whether images are gain-normalized first, as PatchCore's default (docs/fewshot.md, fourth pass).
-
-        "auto": yes, unless a zero-shot `prior` is fused (its head was trained on raw images); subclasses: no.
-        """
+        """Whether images are gain-normalized first, as PatchCore's default (docs/fewshot.md, fourth pass):
+        "gain" / None force it on / off, "auto" asks `_auto_gain`; subclasses without `intensity`: no."""
         intensity = getattr(self, "intensity", None)
         if intensity not in (None, "gain", "auto"):
             raise ParameterError(f"intensity must be 'auto', 'gain' or None, got {intensity!r}")
-        return intensity == "gain" or (intensity == "auto" and not self._uses_prior())
+        return self._auto_gain() if intensity == "auto" else intensity == "gain"
+
+    def _auto_gain(self) -> bool:
+        """"auto": yes without a zero-shot `prior`; with one, as its head was trained (`intensity` in the head's
+        meta; heads without it saw raw images), since one backbone pass feeds both."""
+        return not self._uses_prior() or self.prior_head()[1].get("intensity") == "gain"
 
     # ---- the zero-shot prior ---------------------------------------------------------------------------------
     def _uses_prior(self) -> bool:

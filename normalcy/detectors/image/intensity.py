@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from normalcy.detectors.image.lazy_items import TransformedItems
+
 JITTER = (("gain", 0.8), ("gain", 1.2))  # fixed, so a fit is reproducible and costs a known factor (here 3×)
 
 
@@ -48,7 +50,7 @@ def gain_normalize(image: np.ndarray, target: float = GAIN_TARGET) -> np.ndarray
     return intensity_shift(image, "gain", target / max(mean, 1e-3))
 
 
-class GainNormalized(Sequence):
+class GainNormalized(TransformedItems):
     """A view of image items that yields them gain-normalized when sliced (as the feature loop does).
 
     A slice of cached features is passed through when all of them are cached (they were made through this view);
@@ -56,19 +58,4 @@ class GainNormalized(Sequence):
     """
 
     def __init__(self, items: Sequence[Any]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: Any) -> Any:
-        from normalcy.data import as_rgb_array
-        from normalcy.detectors.image.common import CachedFeatures
-
-        if not isinstance(index, slice):
-            i = range(len(self))[index]
-            return self[i : i + 1][0]
-        part = list(self.items[index])
-        if part and all(isinstance(it, CachedFeatures) for it in part):
-            return part
-        return [gain_normalize(as_rgb_array(getattr(it, "source", it))) for it in part]
+        super().__init__(items, gain_normalize, keep_cached=True)

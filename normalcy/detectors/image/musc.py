@@ -11,6 +11,9 @@ mean features as the image descriptor).
 No training data: `fit()` needs nothing (p-values are then NaN); `fit(normal_images)` scores those as one batch
 and keeps their scores for calibration. The batch is shuffled (seeded) and split into chunks of about
 `chunk_size` images, so memory and per-image cost stay bounded: cost per image grows linearly with `chunk_size`.
+`intensity="auto"` (default, as the few-shot detectors): every image is first scaled by one global gain to mean grey
+0.5, so an exposure change within a batch is not an anomaly (docs/fewshot.md, "MuSc with gain normalization");
+`intensity=None` scores raw images, as model files saved before this option do.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class MuSc(FewShot):
         pixel_fpr: float = 0.001,
         seed: int = 0,
         progress: bool = True,
+        intensity: str | None = "auto",
     ) -> None:
         self._store_params(locals())
 

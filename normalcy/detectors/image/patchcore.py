@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from normalcy.calibration.groups import AUTO, GroupModel, as_labels, resolve_groups
+from normalcy.detectors.base import ScoreResult
 from normalcy.detectors.image.bank import open_bank, streamed_nearest, write_bank
 from normalcy.detectors.image.common import ImageDetector, masked_max
 from normalcy.detectors.image.modes import (
@@ -39,7 +40,9 @@ from normalcy.detectors.image.search import (
     squared_norms,
     train_lists,
 )
+from normalcy.detectors.image.views import ViewItems, check_views, unflip
 from normalcy.errors import ModelFileError, ParameterError
+from normalcy.features.preprocess import restore_maps
 from normalcy.features.standardize import ChannelStats
 
 DEFAULT_BACKBONE = "efficientnet_lite0"  # a core dependency (pyproject.toml), not an extra
@@ -71,11 +74,19 @@ class PatchCore(ImageDetector):
     (measured with `intensity=None`; under the default gain normalization the copies are scaled back, only clipping
     differs),
     `modes="auto"|"groups"` fits the Gaussian and normalizers per normal mode (detectors/image/modes.py).
+    `test_views=("identity", "hflip"[, "vflip"])` averages the NN distance maps of the test image and its flips,
+    flipped back, before the fusion and the image score (detectors/image/views.py; one backbone pass per view;
+    docs/design.md "Fourth pass"). `refit_holdout=True` adds the held-out images to the bank and the Gaussian once the
+    normalizers are measured (better on both real sets, lower demo-fabric image AUROC: an option, same section).
     """
 
     name = "patchcore"
     # files saved before `intensity` existed were fitted on raw images: they load with intensity=None
     OLD_FILE_PARAMS = {"intensity": None}
+    # which term test_views average: "nn" (the position-free NN distance; the position term is the identity view's,
+    # since flipped content is not where the Gaussian expects it) or "fused" (each view's fused map: lower in the
+    # fourth pass's screen, kept for benchmarks/ablate_image.py)
+    _view_terms = "nn"
 
     def __init__(
         self,
@@ -90,9 +101,11 @@ class PatchCore(ImageDetector):
         positional: bool = True,
         position_features: int = 100,
         holdout: float = 0.2,
+        refit_holdout: bool = False,
         modes: str | None = None,
         intensity_jitter: bool = False,
         intensity: str | None = "gain",
+        test_views: Sequence[str] = ("identity",),
         coreset_ratio: float = 0.1,
         coreset_dim: int = 64,
         reweight: bool = False,
@@ -159,6 +172,9 @@ class PatchCore(ImageDetector):
         if not 0.0 < self.holdout < 1.0:
             raise ParameterError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
         fit_items, held = split_holdout(items, self.holdout, self.seed)
+        refit = self.refit_holdout and self.modes is None and len(fit_items) >= 2
+        if refit:  # their features serve the normalizers and then the refit: extracted once
+            held = self._cache_features(held)
         given = self._given_labels(fit_items)
         fit_items = self._with_jitter(fit_items)  # after the split: held-out images keep no copy in the bank
         if given is not None and len(fit_items) > len(given):  # jitter copies follow their image, item by item
@@ -172,12 +188,26 @@ class PatchCore(ImageDetector):
             self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches), chans, 0.01))
             if given is not None or getattr(self, "_auto_modes", self.modes == "auto"):
                 self._modes = self._fit_modes([(std(f), v) for f, v in batches], chans, given)
-        del batches
+        if not refit:
+            del batches
         self._fit_bank(patches, self._stats)
         if self._position is not None:
             self._fusion = self._fusion_norms(held)
         if self._modes is not None:
             self._modes.norms = self._mode_norms(held)
+        if refit:
+            self._join_held(batches, patches, held)
+
+    def _join_held(self, batches: list, patches: torch.Tensor, held: list) -> None:
+        """With `refit_holdout`: once the normalizers are measured, the held-out images join the bank and the
+        position Gaussian (`patches` are the fit images' standardized patches; the channel statistics stay)."""
+        more = [(f, v) for f, _, v in self.iter_features(held, "held-out normals")]
+        std = (lambda f: f) if self._stats is None else (lambda f: self._stats.apply(f, dim=1))
+        chans = self._position[0]
+        self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches + more), chans, 0.01))
+        rows = torch.cat([patches, *(std(f).permute(0, 2, 3, 1)[v] for f, v in more)])
+        keep = greedy_coreset(rows, self.coreset_ratio, self.coreset_dim, seed=self.seed)
+        self._set_bank(rows[keep].contiguous())
 
     def _fit_bank(self, patches: torch.Tensor, stats: ChannelStats | None) -> None:
         """The greedy-coreset memory bank of these normal patches (standardized in place with `stats`)."""
@@ -269,7 +299,8 @@ class PatchCore(ImageDetector):
         return torch.stack(rows)
 
     def _search_mode(self, n_bank: int) -> str:
-        """The backend actually used: `search`, with "auto" = exact up to EXACT_SEARCH_MAX rows, else own IVF."""
+        """The backend actually used: `search`, with "auto" = exact up to EXACT_SEARCH_MAX rows, else own IVF
+        (its lists searched by faiss when importable; "ivf" = always the pure-torch loop the ONNX export mirrors)."""
         if self.search not in SEARCH_MODES:
             raise ParameterError(f"search must be one of {', '.join(SEARCH_MODES)}; got {self.search!r}")
         if self.bank_storage not in BANK_STORAGE:
@@ -299,7 +330,9 @@ class PatchCore(ImageDetector):
         self._bank_sq = squared_norms(bank)
         self._index: Any = None
         if mode == "ivf":
-            self._index = IVFIndex(bank, n_probe=self.n_probe, centroids=centroids, assign=assign)
+            # "auto": the same lists and probes searched by faiss when it is importable (same entries, faster)
+            self._index = IVFIndex(bank, n_probe=self.n_probe, centroids=centroids, assign=assign,
+                                   backend="auto" if self.search == "auto" else "torch")
         elif mode.startswith("faiss-"):
             from normalcy.detectors.image.faiss_index import FaissIndex
 
@@ -331,14 +364,53 @@ class PatchCore(ImageDetector):
             dist, idx = self._nearest(q)
         return dist[:, 0].view(b, h, w), idx[:, 0].view(b, h, w), feats
 
-    def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fused_maps(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B×h×w anomaly maps (NN distance, fused with the position term when fitted), bank indices, searched feats."""
         maps, idx, searched = self._nn_maps(feats)
+        return self._fuse(maps, searched, valid), idx, searched
+
+    def _fuse(self, nn: torch.Tensor, searched: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The NN distance map fused with the position term of these (searched) features, when one was fitted."""
         if getattr(self, "_modes", None) is not None:
-            maps = self._mode_maps(maps, searched, valid)
-        elif getattr(self, "_fusion", None) is not None:
+            return self._mode_maps(nn, searched, valid)
+        if getattr(self, "_fusion", None) is not None:
             mu_nn, sd_nn, mu_pos, sd_pos = (float(v) for v in self._fusion)
             pos = position_distances(searched, *self._position)
-            maps = (maps - mu_nn) / sd_nn + (pos - mu_pos) / sd_pos
+            return (nn - mu_nn) / sd_nn + (pos - mu_pos) / sd_pos
+        return nn
+
+    def _score(self, items: list) -> ScoreResult:
+        """Scores and maps; with several `test_views` each view's NN distance map is flipped back, the maps are
+        averaged and fused with the position term of the image as it is, then scored (detectors/image/views.py)."""
+        views = check_views(self.test_views)
+        if views == ("identity",):
+            return super()._score(items)
+        if self.reweight:
+            raise ParameterError("reweight=True scores one view; use test_views=('identity',)")
+        scores, maps = [], []
+        loops = [self.iter_features(ViewItems(items, v), f"score ({v})") for v in views]
+        nn_only = self._view_terms == "nn"
+        if nn_only and "identity" not in views:
+            raise ParameterError("test_views must include 'identity' when only the NN term is averaged")
+        for batches in zip(*loops):
+            total, cells = None, None
+            for view, (feats, _, valid) in zip(views, batches):
+                nn, _, searched = self._nn_maps(feats)
+                if view == "identity":
+                    own = (searched, valid)
+                part = unflip(nn if nn_only else self._fuse(nn, searched, valid), view)
+                back = unflip(valid, view)
+                total = part if total is None else total + part
+                cells = back if cells is None else cells & back
+            mean = total / len(views)
+            if nn_only:  # the views' mean NN distance, fused with the position term of the image as it is
+                mean = self._fuse(mean, *own)
+            scores.append(masked_max(mean, self.score_cells(cells)).double().numpy())
+            maps.extend(restore_maps(mean, batches[0][1], self.canvas, float(self.sigma)))
+        return ScoreResult(np.concatenate(scores), maps)
+
+    def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, idx, searched = self._fused_maps(feats, valid)
         cells = self.score_cells(valid)
         scores = masked_max(maps, cells)
         if self.reweight:

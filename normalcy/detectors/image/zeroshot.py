@@ -11,6 +11,8 @@ an anomaly logit per cell. The head is trained with the one training loop on rea
 (`benchmarks/train_zeroshot_head.py`) and shipped in `data/zeroshot_head.safetensors`.
 
 `fit()` needs no images; `fit(normal_images)` scores them and keeps the scores for conformal calibration.
+`intensity="auto"` gain-normalizes images (mean grey 0.5) before the backbone exactly when the head was trained so
+(`intensity` in the head file's meta).
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ class ZeroShot(FewShot):
         pixel_fpr: float = 0.001,
         seed: int = 0,
         progress: bool = True,
+        intensity: str | None = "auto",
     ) -> None:
         self._store_params(locals())
 
@@ -258,6 +261,12 @@ class ZeroShot(FewShot):
                                  "(benchmarks/train_zeroshot_head.py)")
         self.head_, self.head_meta_, self._head_src = head, meta, self.head
         return head
+
+    def _auto_gain(self) -> bool:
+        """"auto": gain-normalize (mean grey 0.5) exactly when the head was trained so (`intensity` in the head
+        file's meta; heads without it saw raw images)."""
+        self.load_head()
+        return self.head_meta_.get("intensity") == "gain"
 
     # ---- fit: nothing to learn; optional calibration images -------------------------------------------------
     def fit(self, X: Any = None, y: Any = None, groups: Any = None) -> Self:
