@@ -183,7 +183,7 @@ class PatchCore(ImageDetector):
         patches = torch.cat([f.permute(0, 2, 3, 1)[v] for f, v in batches])
         self._stats = ChannelStats.fit(patches) if self.standardize else None
         if len(fit_items) >= 2:  # the Gaussians live in the same (standardized) space as the bank
-            std = (lambda f: f) if self._stats is None else (lambda f: self._stats.apply(f, dim=1))
+            std = self._standardized
             chans = random_channels(patches.shape[1], self.position_features, self.seed)
             self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches), chans, 0.01))
             if given is not None or getattr(self, "_auto_modes", self.modes == "auto"):
@@ -201,19 +201,25 @@ class PatchCore(ImageDetector):
     def _join_held(self, batches: list, patches: torch.Tensor, held: list) -> None:
         """With `refit_holdout`: once the normalizers are measured, the held-out images join the bank and the
         position Gaussian (`patches` are the fit images' standardized patches; the channel statistics stay)."""
-        more = [(f, v) for f, _, v in self.iter_features(held, "held-out normals")]
-        std = (lambda f: f) if self._stats is None else (lambda f: self._stats.apply(f, dim=1))
+        more = [(self._standardized(f), v) for f, _, v in self.iter_features(held, "held-out normals")]
         chans = self._position[0]
-        self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches + more), chans, 0.01))
-        rows = torch.cat([patches, *(std(f).permute(0, 2, 3, 1)[v] for f, v in more)])
-        keep = greedy_coreset(rows, self.coreset_ratio, self.coreset_dim, seed=self.seed)
-        self._set_bank(rows[keep].contiguous())
+        fit_std = (self._standardized(f) for f, _ in batches)
+        self._position = (chans, *fit_position_gaussian((*fit_std, *(f for f, _ in more)), chans, 0.01))
+        self._coreset_bank(torch.cat([patches, *(f.permute(0, 2, 3, 1)[v] for f, v in more)]))
+
+    def _standardized(self, feats: torch.Tensor) -> torch.Tensor:
+        """B×C×h×w features in the bank's space: standardized per channel when `standardize` fitted statistics."""
+        return feats if self._stats is None else self._stats.apply(feats, dim=1)
 
     def _fit_bank(self, patches: torch.Tensor, stats: ChannelStats | None) -> None:
         """The greedy-coreset memory bank of these normal patches (standardized in place with `stats`)."""
         self._stats = stats
         if stats is not None:  # in place: the patch matrix can be hundreds of MB
             patches.sub_(stats.mean).div_(stats.scale)
+        self._coreset_bank(patches)
+
+    def _coreset_bank(self, patches: torch.Tensor) -> None:
+        """The memory bank: a greedy coreset of these (already standardized) patches."""
         keep = greedy_coreset(patches, self.coreset_ratio, self.coreset_dim, seed=self.seed)
         self._set_bank(patches[keep].contiguous())
 
