@@ -63,17 +63,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "knn3": ("knn3", {"search": "exact"}),
     "nn": ("patchcore", {"positional": False}),
     "refit": ("patchcore", {"refit_holdout": True}),  # allbank as PatchCore's option
+    "crossfit": ("patchcore", {"crossfit": True}),  # all images in the bank, K-fold normalizers (5th pass)
     "norefit": ("patchcore", {"refit_holdout": False}),
     "allbank": ("allbank", {}),  # held-out normalizer images join the bank and the Gaussian afterwards (screen)
     "allbank-bank": ("allbank-bank", {}),  # ... the bank only
     "allbank-gauss": ("allbank-gauss", {}),  # ... the position Gaussian only
     "nnscore": ("nnscore", {}),  # image score from the NN term alone, map fused (fourth pass, screen)
     "nn+reweight": ("patchcore", {"positional": False, "reweight": True}),
+    # a stride-32 NN context term in the map for large textured areas (issue 15, fifth pass)
+    "context": ("patchcore", {"context": True}),
+    "lite2+context": ("patchcore", {"backbone": "efficientnet_lite2", "context": True}),
     "padim": ("padim", {"resize_mode": "stretch"}),
     "padim+aspect": ("padim", {"resize_mode": "aspect"}),
 }
 FEATURE_KEYS = ("backbone", "weights", "image_size", "resize_mode", "strides", "aggregate", "project_dim", "seed",
-                "intensity")  # intensity="gain" changes the images the features are made from
+                "intensity", "context")  # intensity="gain" changes the images; context adds the stride-32 stage
 # detectors (registry names and the screening subclasses) whose cached features variants may share
 PATCH_FEATURES = ("patchcore", "padim", "knn3", "fusedviews", "nnscore", "allbank",
                   "allbank-bank", "allbank-gauss")

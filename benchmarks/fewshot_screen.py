@@ -153,10 +153,10 @@ def main() -> None:
         head, meta = load_head(args.prior)
         splits = zs.stage_splits()
         logits = [head.maps(head_inputs(aggregate_stages([s.float() for s in st], 3, cells), v, splits,
-                                        meta.get("fractions")))[0] for st, v in cache["test"]]
+                                        meta.get("fractions"), meta.get("wide", 0)))[0] for st, v in cache["test"]]
         alone = [float(zs.image_scores(z[None], v)[0]) for z, (_, v) in zip(logits, cache["test"])]
         zs_auc = metrics.auroc(labels, alone)
-        print(f"{root.name}: prior head alone (top 1 % rule): {zs_auc:.4f}")
+        print(f"{root.name}: prior head alone (zero-shot image rule): {zs_auc:.4f}")
     for aggregate in (int(a) for a in args.aggregates.split(",")):
         test = [features(st, v, aggregate, cells, args.fine) for st, v in cache["test"]]
         for augment in args.augments.split(","):

@@ -224,7 +224,9 @@ def demo(variants: list[str], out: Path, seeds: tuple[int, ...] = (0,)) -> list:
               "modes": {"modes": "auto"}, "lite1": {"backbone": "efficientnet_lite1"},
               "lite2": {"backbone": "efficientnet_lite2"}, "hflip": {"test_views": ("identity", "hflip")},
               "hvflip": {"test_views": ("identity", "hflip", "vflip")}, "refit": {"refit_holdout": True},
-              "norefit": {"refit_holdout": False}}  # the default is intensity="gain" now
+              "norefit": {"refit_holdout": False}, "context": {"context": True},
+              "crossfit": {"crossfit": True},
+              "lite2+context": {"backbone": "efficientnet_lite2", "context": True}}  # the default: intensity="gain"
     rows = []
     for seed in seeds:
         for variant in variants:

@@ -4,7 +4,7 @@ on a held-out set it never saw (cross-dataset zero-shot).
 The shipped head (normalcy/detectors/image/data/zeroshot_head.safetensors) is built, seeded and single-threaded, by
 
     python benchmarks/train_zeroshot_head.py --sets ../shared/data/magnetic_tile ../shared/data/kolektorsdd --demo \
-        --out normalcy/detectors/image/data/zeroshot_head.safetensors
+        --intensity gain --out normalcy/detectors/image/data/zeroshot_head.safetensors
 
 Cross-dataset figures (train without the target, test on it):
 
@@ -21,7 +21,8 @@ variants) and full-resolution pixel AUROC, with maps restored to each image's si
 (checked on KolektorSDD: `normalcy --threads 1 bench SET --detector zeroshot --param head=HEAD_FILE` gives the same
 figures). A set in both `--sets` and `--eval` is refused. `--intensity gain` gain-normalizes every image (mean grey
 0.5) before the backbone, as PatchCore and the few-shot detectors do; the head file records it and the detector's
-`intensity="auto"` follows it.
+`intensity="auto"` follows it. `--wide N` (default 11) adds the cell statistics' N×N-cell means to the head inputs
+(recorded as "wide" in the head file; `--wide 0` trains heads as before the sixth pass).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from normalcy.data import load_mvtec, read_mask
 from normalcy.detectors.image.fewshot import item_hw, sample_references
 from normalcy.detectors.image.zeroshot import (
     SELF_FRACTIONS,
+    WIDE,
     ZeroShot,
     cell_statistics,
     raw_inputs,
@@ -142,12 +144,12 @@ def cached_set(root: Path, det: ZeroShot, args: argparse.Namespace) -> list[dict
     return rows
 
 
-def training_cells(rows: list[dict], splits: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_cells(rows: list[dict], splits: list[int], seed: int, wide: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: its anomalous cells (≥ POS_COVER covered, at most MAX_POS) and NEG_PER_IMAGE defect-free ones."""
     gen = torch.Generator().manual_seed(seed)
     xs, ys = [], []
     for r in rows:
-        x = cell_statistics(r["x"].float()[None], splits)[0].flatten(1).T
+        x = cell_statistics(r["x"].float()[None], splits, wide=wide)[0].flatten(1).T
         cover, valid = r["cover"].float().flatten(), r["valid"].flatten()
         pos, neg = (cover >= POS_COVER) & valid, (cover == 0) & valid
         for want, sel, cap in ((1.0, pos, MAX_POS), (0.0, neg, NEG_PER_IMAGE)):
@@ -158,7 +160,7 @@ def training_cells(rows: list[dict], splits: list[int], seed: int) -> tuple[torc
     return torch.cat(xs), torch.cat(ys)
 
 
-def evaluate(det: ZeroShot, head, rows: list[dict], root: Path) -> dict[str, float]:
+def evaluate(det: ZeroShot, head, rows: list[dict], root: Path, wide: int = 0) -> dict[str, float]:
     """Image AUROC (the detector's score rule, and variants) and full-resolution pixel AUROC on a set's test images.
 
     Maps are restored to each image's size exactly as the detector does (canvas upsampling, Gaussian blur).
@@ -170,7 +172,7 @@ def evaluate(det: ZeroShot, head, rows: list[dict], root: Path) -> dict[str, flo
     stride = min(det.strides)
     labels, maps, masks, cell_maps, valids = [], [], [], [], []
     for r, s in zip(real, test):
-        m = head.maps(cell_statistics(r["x"].float()[None], det.stage_splits()))
+        m = head.maps(cell_statistics(r["x"].float()[None], det.stage_splits(), wide=wide))
         cell_maps.append(m)
         valids.append(r["valid"][None])
         labels.append(s.label)
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--normals", type=int, default=60, help="clean train normals per set")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--wide", type=int, default=WIDE,
+                   help="also the cell statistics' means over this many cells (0: off, heads before the sixth pass)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the evaluation rows here")
     p.add_argument("--intensity", default=None, choices=["gain"],
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(r.resolve() for r in roots) & set(Path(e).resolve() for e in args.eval):
         sys.exit("a set in --eval is also in --sets: cross-dataset figures must come from a head that never saw it")
     train_rows = [r for root in roots for r in cached_set(root, det, args)]
-    x, y = training_cells(train_rows, det.stage_splits(), args.seed)
+    x, y = training_cells(train_rows, det.stage_splits(), args.seed, args.wide)
     t0 = time.perf_counter()
     head = train_head(x, y, hidden=args.hidden, epochs=args.epochs, seed=args.seed)
     print(f"[zeroshot] head trained on {len(y)} cells ({int(y.sum())} anomalous) from {len(train_rows)} images of "
@@ -232,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
                 "trained_on": [r.name for r in roots], "command": " ".join(["python benchmarks/train_zeroshot_head.py",
                                                                           *given]),
                 "cells": len(y), "anomalous_cells": int(y.sum()), "images": len(train_rows), "seed": args.seed,
-                "intensity": args.intensity}
+                "intensity": args.intensity, "wide": args.wide}
         save_head(head, args.out, meta)
         print(f"[zeroshot] wrote {args.out}")
     rows = []
     for e in args.eval:
-        res = evaluate(det, head, cached_set(Path(e), det, args), Path(e))
+        res = evaluate(det, head, cached_set(Path(e), det, args), Path(e), args.wide)
         rows.append({"eval": e, "trained_on": [str(r) for r in roots], **res})
         print(f"[zeroshot] {e}: image AUROC {res['image_auroc']:.4f}, pixel AUROC {res['pixel_auroc']:.4f} "
               f"({res['n']} test images)\n{json.dumps(res)}", flush=True)

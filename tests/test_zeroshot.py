@@ -49,6 +49,17 @@ def test_standardization_is_per_image():
     assert torch.allclose(head_inputs(feats, valid, [3, 5]), head_inputs(3.0 * feats - 7.0, valid, [3, 5]), atol=1e-3)
 
 
+def test_wide_statistics_extend_the_inputs():
+    feats, _ = synthetic_grids(2, 3)
+    valid = torch.ones(2, 12, 12, dtype=torch.bool)
+    base, wide = head_inputs(feats, valid, [3, 5]), head_inputs(feats, valid, [3, 5], wide=11)
+    assert base.shape[1] == input_dim(2) and wide.shape[1] == input_dim(2, wide=11) == 3 * base.shape[1] // 2
+    assert torch.equal(wide[:, : base.shape[1]], base)  # old heads (no "wide" in their meta) see the same inputs
+    tail = wide[:, base.shape[1] :]
+    f = base[:, : tail.shape[1]]  # the statistics themselves; the wide part is their 11×11 neighbourhood mean
+    assert torch.allclose(tail[:, :, 6, 6], f[:, :, 1:12, 1:12].mean((2, 3)), atol=1e-5)
+
+
 def test_head_learns_synthetic_defects():
     train_f, train_y = synthetic_grids(24, 1)
     test_f, test_y = synthetic_grids(12, 2)
@@ -62,6 +73,21 @@ def test_head_learns_synthetic_defects():
     assert normalcy.metrics.auroc((test_y.flatten(1).amax(1) > 0).numpy(), img) > 0.95
     with pytest.raises(ParameterError, match="normal and anomalous"):
         train_head(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), torch.zeros(x.shape[0] * 144))
+
+
+def test_image_score_rule():
+    maps = torch.zeros(2, 40, 40)
+    maps[0, 10, 10], maps[0, 20, 20], maps[0, 30, 30] = 9.0, 6.0, 3.0
+    maps[1] += 5.0  # a uniformly raised map: centering (median subtracted) takes it to 0
+    valid = torch.ones(2, 40, 40, dtype=torch.bool)
+    det = ZeroShot(**SMALL)
+    assert (det.top_fraction, det.center) == (0.002, False)  # default: mean of the top 0.2 % cells, not centered
+    cells = int(det.score_cells(valid)[0].sum())
+    k = max(1, round(0.002 * cells))
+    scores = det.image_scores(maps, valid)
+    assert scores[0] == pytest.approx(sum([9.0, 6.0, 3.0][:k]) / k) and scores[1] == pytest.approx(5.0)
+    det.set_params(center=True)
+    assert det.image_scores(maps, valid)[1] == 0.0
 
 
 def test_head_file_round_trip(tmp_path):
@@ -130,7 +156,7 @@ def test_builtin_head_loads():
     head, meta = load_head(BUILTIN_HEAD)
     assert meta["features"] == ZeroShot().feature_config()
     assert meta["trained_on"] and "command" in meta
-    assert head.w1.shape[0] == input_dim(len(ZeroShot().strides), len(meta["fractions"]))
+    assert head.w1.shape[0] == input_dim(len(ZeroShot().strides), len(meta["fractions"]), meta.get("wide", 0))
 
 
 def test_bench_zero_shot_row_and_in_domain_note(tmp_path, small_head):

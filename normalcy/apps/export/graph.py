@@ -212,6 +212,9 @@ def check_exportable(detector) -> None:
         raise ParameterError("patchcore fitted with per-mode scoring (modes='auto' or groups='auto' found "
                              f"{detector.n_modes_} modes) cannot be exported to ONNX (the graph has one position "
                              "term); refit with modes=None")
+    if name == "patchcore" and getattr(detector, "_context", None) is not None:
+        raise ParameterError("patchcore with context=True cannot be exported to ONNX (the graph has no context "
+                             "term); refit with context=False")
     if name == "patchcore" and tuple(getattr(detector, "test_views", ("identity",))) != ("identity",):
         raise ParameterError(f"patchcore with test_views={tuple(detector.test_views)!r} cannot be exported to ONNX "
                              "(the graph scores one view); set test_views=('identity',) before exporting")

@@ -268,7 +268,7 @@ class FewShot(ImageDetector):
             if ext.projection is not None:
                 feats = torch.einsum("bchw,cd->bdhw", feats, ext.projection)
             z = aggregate_stages(stages, int(meta["features"]["aggregate"]), cells)
-            logit = head.maps(head_inputs(z, valid, splits, meta.get("fractions", SELF_FRACTIONS)))
+            logit = head.maps(head_inputs(z, valid, splits, meta.get("fractions", SELF_FRACTIONS), meta.get("wide", 0)))
             yield torch.cat([feats, logit[:, None]], dim=1).contiguous(), placements, valid
 
     def restore(self, maps: torch.Tensor, placements: Sequence[Placement]) -> list[np.ndarray]:

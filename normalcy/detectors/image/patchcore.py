@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from normalcy.calibration.groups import AUTO, GroupModel, as_labels, resolve_groups
 from normalcy.detectors.base import ScoreResult
@@ -42,6 +43,7 @@ from normalcy.detectors.image.search import (
 )
 from normalcy.detectors.image.views import ViewItems, check_views, unflip
 from normalcy.errors import ModelFileError, ParameterError
+from normalcy.features.extractor import PatchFeatureExtractor
 from normalcy.features.preprocess import restore_maps
 from normalcy.features.standardize import ChannelStats
 
@@ -51,6 +53,7 @@ EXACT_SEARCH_MAX = 2048  # banks up to this size are searched exactly with searc
 SEARCH_MODES = ("auto", "exact", "ivf", "faiss-ivf", "faiss-hnsw")
 BANK_STORAGE = ("inline", "mmap")
 MODES = (None, "auto", "groups")  # per-mode position term: off, modes found by clustering, the fit's groups
+CONTEXT_STRIDE = 32  # `context=True`: the coarsest stage, whose receptive field covers large textured areas
 
 
 def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -62,6 +65,24 @@ def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 1)).tolist()
     hold = set(order[:n_hold])
     return [it for i, it in enumerate(items) if i not in hold], [it for i, it in enumerate(items) if i in hold]
+
+
+def crossfit_folds(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The fold of each of n fit images: round(1/fraction) seeded folds (at least 2), so each is a `fraction`."""
+    k = max(2, min(n, round(1.0 / fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 1)).numpy()
+    folds = np.empty(n, dtype=np.int64)
+    folds[order] = np.arange(n) % k
+    return folds
+
+
+def fusion_stats(cells: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """[μ_nn, σ_nn, μ_pos, σ_pos] over (NN distance, position distance) cells of normal images, pooled."""
+    a = torch.cat([nn for nn, _ in cells]).double()
+    b = torch.cat([pos for _, pos in cells]).double()
+    floor = 1e-12
+    return torch.tensor([a.mean(), a.std().clamp(min=floor), b.mean(), b.std().clamp(min=floor)],
+                        dtype=torch.float64)
 
 
 class PatchCore(ImageDetector):
@@ -78,6 +99,13 @@ class PatchCore(ImageDetector):
     flipped back, before the fusion and the image score (detectors/image/views.py; one backbone pass per view;
     docs/design.md "Fourth pass"). `refit_holdout=True` adds the held-out images to the bank and the Gaussian once the
     normalizers are measured (better on both real sets, lower demo-fabric image AUROC: an option, same section).
+    `context=True` adds the backbone's stride-32 stage as a third term of the map only: each stride-32 cell's distance
+    to a coreset of normal stride-32 cells, upsampled and z-scored on the held-out images like the other two; it sees
+    large low-contrast texture areas (Magnetic Tile "uneven") that 3×3 patches miss, and leaves the image score alone
+    (docs/design.md, "Fifth pass (issue 15): a context term for large textured areas").
+    `crossfit=True` builds the bank and the Gaussian from every fit image and measures the normalizers by
+    cross-fitting: round(1/holdout) folds, each scored against a bank and Gaussian built from the other folds
+    (docs/design.md, "Fifth pass"; one coreset run per fold more at fit time; it supersedes `refit_holdout`).
     """
 
     name = "patchcore"
@@ -100,8 +128,10 @@ class PatchCore(ImageDetector):
         standardize: bool = True,
         positional: bool = True,
         position_features: int = 100,
+        context: bool = False,
         holdout: float = 0.2,
         refit_holdout: bool = False,
+        crossfit: bool = False,
         modes: str | None = None,
         intensity_jitter: bool = False,
         intensity: str | None = "gain",
@@ -162,7 +192,8 @@ class PatchCore(ImageDetector):
     def _fit(self, items: list) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ParameterError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        self._position = self._fusion = self._modes = None  # `modes` was checked by fit
+        self._position = self._fusion = self._modes = self._context = None  # `modes` was checked by fit
+        self._check_context()
         if not self.positional:
             patches = self.collect_patches(self._with_jitter(items))
             self._fit_bank(patches, ChannelStats.fit(patches) if self.standardize else None)
@@ -171,6 +202,9 @@ class PatchCore(ImageDetector):
             raise ParameterError("reweight=True works on the plain nearest-neighbour score; use positional=False")
         if not 0.0 < self.holdout < 1.0:
             raise ParameterError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.crossfit and self.modes is None and len(items) >= 4:
+            self._crossfit(items)
+            return
         fit_items, held = split_holdout(items, self.holdout, self.seed)
         refit = self.refit_holdout and self.modes is None and len(fit_items) >= 2
         if refit:  # their features serve the normalizers and then the refit: extracted once
@@ -184,13 +218,17 @@ class PatchCore(ImageDetector):
         self._stats = ChannelStats.fit(patches) if self.standardize else None
         if len(fit_items) >= 2:  # the Gaussians live in the same (standardized) space as the bank
             std = self._standardized
-            chans = random_channels(patches.shape[1], self.position_features, self.seed)
+            chans = random_channels(self._main_width(patches.shape[1]), self.position_features, self.seed)
             self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches), chans, 0.01))
             if given is not None or getattr(self, "_auto_modes", self.modes == "auto"):
                 self._modes = self._fit_modes([(std(f), v) for f, v in batches], chans, given)
+        self._context = self._fit_context(batches) if self.context else None
         if not refit:
             del batches
         self._fit_bank(patches, self._stats)
+        if self._context is not None:  # its normalizers come from the same held-out images (extracted once)
+            held = held if refit else self._cache_features(held)
+            self._context = (*self._context[:2], self._context_norms(held))
         if self._position is not None:
             self._fusion = self._fusion_norms(held)
         if self._modes is not None:
@@ -207,6 +245,39 @@ class PatchCore(ImageDetector):
         self._position = (chans, *fit_position_gaussian((*fit_std, *(f for f, _ in more)), chans, 0.01))
         self._coreset_bank(torch.cat([patches, *(f.permute(0, 2, 3, 1)[v] for f, v in more)]))
 
+    def _crossfit(self, items: list) -> None:
+        """`crossfit=True`: the bank and the Gaussian hold every fit image; the normalizers pool K folds,
+        each fold's images scored against a bank and Gaussian built without them (in the final standardized space)."""
+        if getattr(self, "context", False):  # its own normalizers are measured on the hold-out only
+            raise ParameterError("crossfit=True does not fit the context term; use context=False with it")
+        folds = crossfit_folds(len(items), self.holdout, self.seed)
+        items = self._with_jitter(items)  # jitter copies follow their image into its fold
+        copies = (len(items) - len(folds)) // len(folds)
+        folds = torch.from_numpy(np.concatenate([folds, np.repeat(folds, copies)]))
+        batches = [(f, v) for f, _, v in self.iter_features(items, "fit features")]
+        patches = torch.cat([f.permute(0, 2, 3, 1)[v] for f, v in batches])
+        self._stats = ChannelStats.fit(patches) if self.standardize else None
+        self._standardize_rows(patches)
+        chans = random_channels(patches.shape[1], self.position_features, self.seed)
+        cells = []
+        for k in range(int(folds.max()) + 1):
+            cells += self._fold_cells(batches, patches, folds == k, chans)
+        self._fusion = fusion_stats(cells)
+        self._position = (chans, *fit_position_gaussian((self._standardized(f) for f, _ in batches), chans, 0.01))
+        self._coreset_bank(patches)
+
+    def _fold_cells(self, batches: list, patches: torch.Tensor, inside: torch.Tensor,
+                    chans: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Both terms' cells of the images marked `inside` (one per image of `batches`), scored against a bank and
+        a Gaussian built from the other images only (`patches`: every image's standardized valid patches)."""
+        rows = torch.repeat_interleave(inside, torch.cat([v.sum((1, 2)) for _, v in batches]))
+        sizes = np.cumsum([0] + [f.shape[0] for f, _ in batches])
+        picks = [((f, v), inside[a:b]) for (f, v), a, b in zip(batches, sizes, sizes[1:])]
+        rest = (self._standardized(f[~m]) for (f, _), m in picks if (~m).any())
+        self._position = (chans, *fit_position_gaussian(rest, chans, 0.01))
+        self._coreset_bank(patches[~rows])
+        return [self._term_cells(f[m], v[m]) for (f, v), m in picks if m.any()]
+
     def _standardized(self, feats: torch.Tensor) -> torch.Tensor:
         """B×C×h×w features in the bank's space: standardized per channel when `standardize` fitted statistics."""
         return feats if self._stats is None else self._stats.apply(feats, dim=1)
@@ -214,12 +285,17 @@ class PatchCore(ImageDetector):
     def _fit_bank(self, patches: torch.Tensor, stats: ChannelStats | None) -> None:
         """The greedy-coreset memory bank of these normal patches (standardized in place with `stats`)."""
         self._stats = stats
-        if stats is not None:  # in place: the patch matrix can be hundreds of MB
-            patches.sub_(stats.mean).div_(stats.scale)
+        self._standardize_rows(patches)
         self._coreset_bank(patches)
 
+    def _standardize_rows(self, patches: torch.Tensor) -> None:
+        """N×C patches into the bank's space, in place (the patch matrix can be hundreds of MB)."""
+        if self._stats is not None:
+            patches.sub_(self._stats.mean).div_(self._stats.scale)
+
     def _coreset_bank(self, patches: torch.Tensor) -> None:
-        """The memory bank: a greedy coreset of these (already standardized) patches."""
+        """The memory bank: a greedy coreset of these (already standardized) patches, without context channels."""
+        patches = patches[:, : self._main_width(patches.shape[1])]
         keep = greedy_coreset(patches, self.coreset_ratio, self.coreset_dim, seed=self.seed)
         self._set_bank(patches[keep].contiguous())
 
@@ -229,15 +305,12 @@ class PatchCore(ImageDetector):
         Each term is z-scored with these before the two are added, so neither term's units decide the fused map
         and no label is needed (the held-out images took no part in the bank or the Gaussians).
         """
-        nn, pos = [], []
-        for feats, _, valid in self.iter_features(held, "held-out normals"):
-            dist, _, searched = self._nn_maps(feats)
-            nn.append(dist[valid])
-            pos.append(position_distances(searched, *self._position)[valid])
-        a, b = torch.cat(nn).double(), torch.cat(pos).double()
-        floor = 1e-12
-        return torch.tensor([a.mean(), a.std().clamp(min=floor), b.mean(), b.std().clamp(min=floor)],
-                            dtype=torch.float64)
+        return fusion_stats([self._term_cells(f, v) for f, _, v in self.iter_features(held, "held-out normals")])
+
+    def _term_cells(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The NN distance and the position distance of these raw features' valid cells, unfused."""
+        dist, _, searched = self._nn_maps(feats)
+        return dist[valid], position_distances(searched, *self._position)[valid]
 
     def _with_jitter(self, items: list) -> list:
         """The fit images plus their brightness-jittered copies when `intensity_jitter` (detectors/image/intensity)."""
@@ -362,7 +435,8 @@ class PatchCore(ImageDetector):
         if getattr(self, "_stats", None) is not None:
             feats = self._stats.apply(feats, dim=1)
         b, c, h, w = feats.shape
-        q = feats.permute(0, 2, 3, 1).reshape(-1, c)
+        c = self._main_width(c)
+        q = feats[:, :c].permute(0, 2, 3, 1).reshape(-1, c)
         if self._index is not None:
             dist, idx = self._index.search(q)
             dist, idx = dist[:, None], idx[:, None]
@@ -412,6 +486,7 @@ class PatchCore(ImageDetector):
             if nn_only:  # the views' mean NN distance, fused with the position term of the image as it is
                 mean = self._fuse(mean, *own)
             scores.append(masked_max(mean, self.score_cells(cells)).double().numpy())
+            mean = self._with_context(mean, own[0]) if "identity" in views else mean  # the map only
             maps.extend(restore_maps(mean, batches[0][1], self.canvas, float(self.sigma)))
         return ScoreResult(np.concatenate(scores), maps)
 
@@ -421,7 +496,73 @@ class PatchCore(ImageDetector):
         scores = masked_max(maps, cells)
         if self.reweight:
             scores = self._reweighted(searched, maps, idx, cells, scores)
-        return scores, maps
+        return scores, self._with_context(maps, searched)
+
+    # ---- context term (`context=True`, docs/design.md "Fifth pass") ---------------------------------------------
+    @property
+    def extractor(self) -> PatchFeatureExtractor:
+        """The patch-feature extractor; with `context` the stride-32 stage rides along as the last channels."""
+        if not getattr(self, "context", False):
+            return super().extractor
+        strides = (*self.strides, CONTEXT_STRIDE)
+        key = ("context", self.backbone, str(self.weights), strides, self.aggregate, self.project_dim, self.seed)
+        if getattr(self, "_extractor_key", None) != key:
+            self._extractor = PatchFeatureExtractor(self.backbone, self.weights, strides, self.aggregate, None,
+                                                    self.seed)
+            self._extractor_key = key
+        return self._extractor
+
+    def _check_context(self) -> None:
+        """`context` needs the pooled positional fusion of the hold-out path and unprojected stage channels."""
+        if not getattr(self, "context", False):
+            return
+        if not self.positional or self.project_dim or self.modes is not None or getattr(self, "crossfit", False):
+            raise ParameterError("context=True works with positional=True, project_dim=None, modes=None and "
+                                 "crossfit=False")
+        if CONTEXT_STRIDE in tuple(self.strides):
+            raise ParameterError(f"context=True adds the stride-{CONTEXT_STRIDE} stage; leave it out of strides")
+
+    def _main_width(self, n_channels: int) -> int:
+        """Channels of the patch features the bank and the position Gaussian use: all but the context stage's."""
+        if not getattr(self, "context", False):
+            return n_channels
+        return n_channels - self.extractor.net.stage_channels[CONTEXT_STRIDE]
+
+    def _context_cells(self, feats: torch.Tensor) -> torch.Tensor:
+        """B×C×h×w standardized features → B×c×h'×w' context stage back on its own (stride-32) grid."""
+        ctx = feats[:, self._main_width(feats.shape[1]) :]
+        return F.avg_pool2d(ctx, max(1, CONTEXT_STRIDE // min(self.strides)), ceil_mode=True)
+
+    def _fit_context(self, batches: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context bank: a greedy coreset of the fit images' standardized stride-32 cells, and its squared norms."""
+        cells = torch.cat([self._context_cells(self._standardized(f)).permute(0, 2, 3, 1).flatten(0, 2)
+                           for f, _ in batches])
+        bank = cells[greedy_coreset(cells, self.coreset_ratio, self.coreset_dim, seed=self.seed)].contiguous()
+        return bank, squared_norms(bank)
+
+    def _context_distances(self, searched: torch.Tensor) -> torch.Tensor:
+        """B×h×w: each stride-32 cell's distance to its nearest normal context cell, upsampled to the map grid."""
+        bank, bank_sq = self._context[:2]
+        ctx = self._context_cells(searched)
+        b, c, h, w = ctx.shape
+        dist, _ = nearest_neighbors(ctx.permute(0, 2, 3, 1).reshape(-1, c), bank, 1, self.memory_budget_mb, bank_sq)
+        up = F.interpolate(dist[:, :1].reshape(b, 1, h, w), size=searched.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        return up[:, 0]
+
+    def _context_norms(self, held: list) -> torch.Tensor:
+        """Mean and spread of the context distance over the held-out normal images' valid cells: [μ, σ]."""
+        loop = self.iter_features(held, "held-out normals")
+        a = torch.cat([self._context_distances(self._standardized(f))[v] for f, _, v in loop]).double()
+        return torch.stack([a.mean(), a.std().clamp(min=1e-12)])
+
+    def _with_context(self, maps: torch.Tensor, searched: torch.Tensor) -> torch.Tensor:
+        """The fused map plus the z-scored context term, when fitted (the map only: the image score keeps the
+        two-term fusion, which the context term lowered on both real sets)."""
+        if getattr(self, "_context", None) is None:
+            return maps
+        mu, sd = (float(v) for v in self._context[2])
+        return maps + (self._context_distances(searched) - mu) / sd
 
     def _mode_maps(self, nn: torch.Tensor, searched: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The fused map with each image's own mode: its Gaussian and its normalizers."""
@@ -458,6 +599,8 @@ class PatchCore(ImageDetector):
                        position_precision=precision.numpy(), fusion_norms=self._fusion.numpy())
         if getattr(self, "_modes", None) is not None:
             out.update(self._modes.arrays())
+        if getattr(self, "_context", None) is not None:
+            out.update(context_bank=self._context[0].numpy(), context_norms=self._context[2].numpy())
         if self._lists is not None:
             out["ivf_centroids"] = self._lists[0].numpy()
             out["ivf_assign"] = self._lists[1].numpy()
@@ -485,6 +628,10 @@ class PatchCore(ImageDetector):
             self._position = (to("position_channels", np.int64), to("position_mean", np.float32),
                               to("position_precision", np.float32))
             self._fusion = to("fusion_norms", np.float64)
+        self._context = None
+        if "context_bank" in arrays:
+            bank = torch.from_numpy(np.ascontiguousarray(arrays["context_bank"], dtype=np.float32))
+            self._context = (bank, squared_norms(bank), torch.from_numpy(np.asarray(arrays["context_norms"])))
         if "bank_file" in meta:  # memory-mapped sidecar: opened read-only, never read whole
             folder = Path(getattr(self, "_model_path", ".")).parent
             bank: Bank = open_bank(folder / meta["bank_file"], meta["bank_shape"], meta["bank_sha256"])

@@ -36,6 +36,7 @@ SELF_FRACTIONS = (0.02, 0.1, 0.25)  # k-th nearest other cell of the same image,
 SELF_EXCLUDE = 1  # cells within this Chebyshev radius are neighbours, not matches (aggregation overlaps them)
 FEATURE_KEYS = ("backbone", "strides", "aggregate")  # what the head's inputs mean; size/canvas only change the scale
 CONTEXT = 5  # neighbourhood (cells) of the local means of the cell statistics
+WIDE = 11  # a wider neighbourhood (cells) for large, low-contrast defects; heads record it as meta "wide" (old: 0)
 MAX_SELF_CELLS = 1024  # reference cells for the in-image distances (bigger grids: a seeded subsample)
 
 
@@ -88,8 +89,15 @@ def raw_inputs(feats: torch.Tensor, valid: torch.Tensor, fractions: Sequence[flo
     return torch.cat([z, self_distances(z, valid, fractions)], dim=1)
 
 
-def cell_statistics(raw: torch.Tensor, splits: Sequence[int], context: int = CONTEXT) -> torch.Tensor:
-    """B×(C+K)×h×w raw inputs → B×2S×h×w object-agnostic cell statistics, and their `context`-cell local means.
+def local_mean(f: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean of B×D×h×w maps over a size×size neighbourhood (edges replicated)."""
+    p = int(size) // 2
+    return F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), int(size), stride=1)
+
+
+def cell_statistics(raw: torch.Tensor, splits: Sequence[int], context: int = CONTEXT, wide: int = 0) -> torch.Tensor:
+    """B×(C+K)×h×w raw inputs → B×2S×h×w object-agnostic cell statistics, and their `context`-cell local means
+    (and `wide`-cell ones when `wide` > 0: a defect larger than the context, e.g. a low-contrast band).
 
     Per backbone stage (`splits`: its channel counts in order): log RMS and log max of |z| and the share of channels
     with |z| > 3; plus the K in-image distances. Raw standardized channels mean different things on different
@@ -106,20 +114,18 @@ def cell_statistics(raw: torch.Tensor, splits: Sequence[int], context: int = CON
         parts += [a.pow(2).mean(1, keepdim=True).sqrt().clamp(min=1e-3).log(),
                   a.amax(1, keepdim=True).clamp(min=1e-3).log(), (a > 3.0).float().mean(1, keepdim=True)]
     f = torch.cat(parts, dim=1)
-    p = int(context) // 2
-    local = F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), int(context), stride=1)
-    return torch.cat([f, local], dim=1)
+    return torch.cat([f, local_mean(f, context)] + ([local_mean(f, wide)] if int(wide) > 0 else []), dim=1)
 
 
-def input_dim(n_stages: int, n_fractions: int = len(SELF_FRACTIONS)) -> int:
-    """Width of the head inputs: (K distances + 3 statistics per stage), and their local means."""
-    return 2 * (int(n_fractions) + 3 * int(n_stages))
+def input_dim(n_stages: int, n_fractions: int = len(SELF_FRACTIONS), wide: int = 0) -> int:
+    """Width of the head inputs: (K distances + 3 statistics per stage), their local means (and wide ones)."""
+    return (3 if int(wide) > 0 else 2) * (int(n_fractions) + 3 * int(n_stages))
 
 
 def head_inputs(feats: torch.Tensor, valid: torch.Tensor, splits: Sequence[int],
-                fractions: Sequence[float] = SELF_FRACTIONS) -> torch.Tensor:
+                fractions: Sequence[float] = SELF_FRACTIONS, wide: int = 0) -> torch.Tensor:
     """B×D×h×w head inputs of B×C×h×w patch features: cell statistics of the per-image standardized features."""
-    return cell_statistics(raw_inputs(feats, valid, fractions), splits)
+    return cell_statistics(raw_inputs(feats, valid, fractions), splits, wide=wide)
 
 
 class PatchHead(nn.Module):
@@ -222,8 +228,8 @@ class ZeroShot(FewShot):
         aggregate: int = 3,
         pad: float = 0.125,
         border: float = 0.0625,
-        top_fraction: float = 0.01,
-        center: bool = True,
+        top_fraction: float = 0.002,
+        center: bool = False,
         sigma: float = 4.0,
         batch_size: int = 8,
         alpha: float = 0.05,
@@ -293,7 +299,7 @@ class ZeroShot(FewShot):
     def _score_features(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         head = self.load_head()
         fractions = self.head_meta_.get("fractions", SELF_FRACTIONS)
-        maps = head.maps(head_inputs(feats, valid, self.stage_splits(), fractions))
+        maps = head.maps(head_inputs(feats, valid, self.stage_splits(), fractions, self.head_meta_.get("wide", 0)))
         return self.image_scores(maps, valid), maps
 
     def _score(self, items: list) -> ScoreResult:
