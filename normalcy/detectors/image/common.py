@@ -175,13 +175,19 @@ class ImageDetector(Detector):
     @property
     def extractor(self) -> PatchFeatureExtractor:
         """The patch-feature extractor for the current parameters (built once, rebuilt if they change)."""
-        key = (self.backbone, str(self.weights), tuple(self.strides), self.aggregate, self.project_dim, self.seed)
+        strides = self._extractor_strides()
+        key = (self.backbone, str(self.weights), strides, self.aggregate, self.project_dim, self.seed)
         if getattr(self, "_extractor_key", None) != key:
             self._extractor = PatchFeatureExtractor(
-                self.backbone, self.weights, self.strides, self.aggregate, self.project_dim, self.seed
+                self.backbone, self.weights, strides, self.aggregate, self.project_dim, self.seed
             )
             self._extractor_key = key
         return self._extractor
+
+    def _extractor_strides(self) -> tuple[int, ...]:
+        """The backbone stages the extractor concatenates (a detector may add one it uses apart, e.g. PatchCore's
+        context stage)."""
+        return tuple(self.strides)
 
     def iter_features(
         self, items: list, desc: str = "features", raw: bool = False

@@ -43,7 +43,6 @@ from normalcy.detectors.image.search import (
 )
 from normalcy.detectors.image.views import ViewItems, check_views, unflip
 from normalcy.errors import ModelFileError, ParameterError
-from normalcy.features.extractor import PatchFeatureExtractor
 from normalcy.features.preprocess import restore_maps
 from normalcy.features.standardize import ChannelStats
 
@@ -499,18 +498,10 @@ class PatchCore(ImageDetector):
         return scores, self._with_context(maps, searched)
 
     # ---- context term (`context=True`, docs/design.md "Fifth pass") ---------------------------------------------
-    @property
-    def extractor(self) -> PatchFeatureExtractor:
-        """The patch-feature extractor; with `context` the stride-32 stage rides along as the last channels."""
-        if not getattr(self, "context", False):
-            return super().extractor
-        strides = (*self.strides, CONTEXT_STRIDE)
-        key = ("context", self.backbone, str(self.weights), strides, self.aggregate, self.project_dim, self.seed)
-        if getattr(self, "_extractor_key", None) != key:
-            self._extractor = PatchFeatureExtractor(self.backbone, self.weights, strides, self.aggregate, None,
-                                                    self.seed)
-            self._extractor_key = key
-        return self._extractor
+    def _extractor_strides(self) -> tuple[int, ...]:
+        """With `context` the stride-32 stage rides along as the last channels of the patch features."""
+        strides = super()._extractor_strides()
+        return (*strides, CONTEXT_STRIDE) if getattr(self, "context", False) else strides
 
     def _check_context(self) -> None:
         """`context` needs the pooled positional fusion of the hold-out path and unprojected stage channels."""
