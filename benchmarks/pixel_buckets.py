@@ -93,6 +93,29 @@ def within_image(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], types:
     return {k: won[k] / pairs[k] for k in sorted(won)}
 
 
+def per_type(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], types: Sequence[str],
+             pos: dict[str, np.ndarray], neg: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per defect type: all defects vs the far (>32 px) pixels of that type's images, its share of the misranked
+    pairs, its median mask cover and how many of its images have an empty mask."""
+    all_pos, all_neg = np.concatenate(list(pos.values())), np.concatenate(list(neg.values()))
+    lost = all_pos.size * all_neg.size * (1.0 - auc(all_pos, all_neg))
+    out = {}
+    for kind in sorted(pos):
+        mine = [(m, k) for m, k, t in zip(maps, masks, types) if t == kind]
+        far = np.concatenate([a[~k & (ndimage.distance_transform_edt(~k) > BANDS[-1][0])] if k.any() else a.ravel()
+                              for a, k in mine])
+        out[kind] = {"auroc_all_defects_vs_far": auc(all_pos, far),
+                     "share_of_misranked_pairs": pos[kind].size * all_neg.size * (1.0 - auc(pos[kind], all_neg)) / lost,
+                     "median_cover": float(np.median([k.mean() for _, k in mine])),
+                     "empty_masks": sum(not k.any() for _, k in mine)}
+    return out
+
+
+def centered_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
+    """Pooled pixel AUROC after subtracting each image's median map value (a diagnosis of whole-image offsets)."""
+    return metrics.pixel_auroc(list(masks), [a - np.median(a) for a in maps])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="an MVTec-layout category folder")
@@ -117,9 +140,17 @@ def main() -> None:
         print(f"| {r['bucket']} | {r['share_of_normals']:.3f} | {r['auroc_all_defects']:.3f} | "
               f"{r['share_of_misranked_pairs']:.3f} | {r['auroc_type']:.3f} |")
     print("within-image AUROC (pairs pooled per type): " + ", ".join(f"{k} {v:.3f}" for k, v in within.items()))
+    types_table = per_type(maps, masks, types, pos, neg)
+    print("| defect type | all defects vs its images' far pixels | share of misranked pairs | median mask cover | "
+          "empty masks |\n|---|---|---|---|---|")
+    for k, r in types_table.items():
+        print(f"| {k} | {r['auroc_all_defects_vs_far']:.3f} | {r['share_of_misranked_pairs']:.3f} | "
+              f"{r['median_cover']:.3f} | {r['empty_masks']} |")
+    centered = centered_auroc(maps, masks)
+    print(f"pooled pixel AUROC with each image's median map value subtracted: {centered:.4f}")
     if args.json:
         out = {"root": args.root, "params": dict(args.param), "type": kind, "defect_px": n_pos, "normal_px": n_neg,
-               "buckets": rows, "within_image_auroc": within}
+               "buckets": rows, "within_image_auroc": within, "per_type": types_table, "centered_auroc": centered}
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 
