@@ -9,7 +9,8 @@ features are extracted once per feature setting and reused by every variant that
 row per variant: image AUROC, pixel AUROC and AUPRO per set, then their mean over the sets (defaults are chosen
 on the mean, never on one set). The log lines and <out>.json also give ms per test image (its feature extraction
 plus the variant's scoring; under shared load compare it only within one run). A few variants are screening-only
-subclasses of PatchCore defined here (knn3, hflip-fused/hvflip-fused, nnscore, allbank; docs/design.md, "Fourth pass").
+subclasses of PatchCore defined here (knn3, hflip-fused/hvflip-fused, nnscore, allbank; docs/design.md, "Fourth pass";
+ridge0.1/ridge1: "Sixth pass").
 """
 
 from __future__ import annotations
@@ -73,14 +74,28 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # a stride-32 NN context term in the map for large textured areas (issue 15, fifth pass)
     "context": ("patchcore", {"context": True}),
     "lite2+context": ("patchcore", {"backbone": "efficientnet_lite2", "context": True}),
+    # the per-position Gaussian (issue 15, sixth pass): Ledoit–Wolf shrinkage toward a scaled identity ("lw") or
+    # toward the covariance pooled over positions ("lwpool"), 3×3 neighbourhood samples ("nb3"), both
+    # ("lw" is the default since that pass; "nolw" is the default before it, the "default"/"gain" rows of the earlier
+    # passes)
+    "lw": ("patchcore", {"position_shrinkage": "identity"}),
+    "nolw": ("patchcore", {"position_shrinkage": None}),
+    "lwpool": ("patchcore", {"position_shrinkage": "pooled"}),
+    "nb3": ("patchcore", {"position_neighbourhood": 3}),
+    "nb3+lw": ("patchcore", {"position_neighbourhood": 3, "position_shrinkage": "identity"}),
+    "nb3+lwpool": ("patchcore", {"position_neighbourhood": 3, "position_shrinkage": "pooled"}),
+    "refit+lw": ("patchcore", {"refit_holdout": True, "position_shrinkage": "identity"}),
+    "ridge0.1": ("ridge0.1", {}),  # a larger fixed ridge ε·I instead of 0.01 (screen only)
+    "ridge1": ("ridge1", {}),
     "padim": ("padim", {"resize_mode": "stretch"}),
+    "padim+lw": ("padim", {"resize_mode": "stretch", "shrinkage": "identity"}),
     "padim+aspect": ("padim", {"resize_mode": "aspect"}),
 }
 FEATURE_KEYS = ("backbone", "weights", "image_size", "resize_mode", "strides", "aggregate", "project_dim", "seed",
                 "intensity", "context")  # intensity="gain" changes the images; context adds the stride-32 stage
 # detectors (registry names and the screening subclasses) whose cached features variants may share
 PATCH_FEATURES = ("patchcore", "padim", "knn3", "fusedviews", "nnscore", "allbank",
-                  "allbank-bank", "allbank-gauss")
+                  "allbank-bank", "allbank-gauss", "ridge0.1", "ridge1")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
@@ -139,7 +154,22 @@ class AllGaussianOnlyPatchCore(AllBankPatchCore):
     join_bank = False
 
 
+class RidgePatchCore(PatchCore):
+    """Screening: the position Gaussian's fixed ridge ε·I is `ridge` instead of 0.01 (standardized features)."""
+
+    ridge = 0.1
+
+    def _position_gaussian(self, batches: Any, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fit_position_gaussian(batches, chans, self.ridge, self.position_shrinkage, self.position_neighbourhood)
+
+
+class Ridge1PatchCore(RidgePatchCore):
+    ridge = 1.0
+
+
 SCREEN_ONLY = {
+    "ridge0.1": RidgePatchCore,
+    "ridge1": Ridge1PatchCore,
     "knn3": MeanKnnPatchCore,
     "allbank": AllBankPatchCore,
     "allbank-bank": AllBankOnlyPatchCore,

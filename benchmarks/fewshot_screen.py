@@ -6,7 +6,8 @@ Usage (the third-pass screen of docs/fewshot.md; a seeded test subsample, k = 1,
 Variants: `--aggregates` (patch aggregation sizes) × `--augments` ("flip", "dihedral" = flips + quarter turns on
 square canvases, "+shift" adds reflect-shifted copies by half a stride-8 cell). Map rules per variant: "plain"
 (nearest-neighbour distance, the detector's max − median score), "fuse" (per-image robust z of log distance + of
-the prior head's logit, top-1 % or max rule) and "rz" (the robust z of log distance alone). The raw stages of the
+the prior head's logit, top-1 % or max rule; `--prior-weights` adds "fuseW/max" with the prior's z weighted W) and
+"rz" (the robust z of log distance alone). The raw stages of the
 test subsample and of every reference view are extracted once and cached (`--cache`), so variants cost only the
 search.
 `--backbone`, `--strides` and `--intensity` choose the features (defaults: the detector's); a stride-4 first
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--intensity", default="auto", help="auto (gain normalization, the default), gain or none")
     ap.add_argument("--fine", default="grid", help="with a stride-4 stage: grid (its own grid) or pool (onto stride 8)")
     ap.add_argument("--top", default="", help="extra plain/topN rules, e.g. 3,10")
+    ap.add_argument("--prior-weights", default="", help="fused rules 'fuseW/max': rz + W · prior z, e.g. 0.25,0.5")
     args = ap.parse_args()
     torch.set_num_threads(1)
     root = Path(args.data)
@@ -148,6 +150,7 @@ def main() -> None:
     labels, cells = np.asarray(cache["labels"]), cache["cells"]
     zs = ZeroShot(progress=False)
     tops = [int(n) for n in args.top.split(",") if n]
+    weights = [float(w) for w in args.prior_weights.split(",") if w]
     logits = None
     if args.prior:
         head, meta = load_head(args.prior)
@@ -174,6 +177,8 @@ def main() -> None:
                         if logits is not None:
                             fused = rz + robust_z(logits[i][None], v)
                             maps.update({"fuse/top": (fused, zs), "fuse/max": (fused, fs)})
+                            for w in weights:
+                                maps[f"fuse{w:g}/max"] = (rz + w * robust_z(logits[i][None], v), fs)
                         for rule, (m, det) in maps.items():
                             scores.setdefault(rule, []).append(float(det.image_scores(m, v)[0]))
                         for n in tops:

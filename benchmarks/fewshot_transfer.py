@@ -1,17 +1,22 @@
 """Build the few-shot transfer table (normalcy/calibration/data/fewshot_transfer.json) from auxiliary data.
 
-Usage (the shipped table, rebuilt in docs/fewshot.md's fifth pass; ~7 min on one shared core):
-  python benchmarks/fewshot_transfer.py ../shared/data/magnetic_tile --shots 1,4,2,8 --seeds 0,1 --normals 20 \
-      --eval-shots 1,4 --eval 40 --stats stats_mt.json --out /tmp/t_mt.json        # and the same for kolektorsdd
-  python benchmarks/fewshot_transfer.py --from-stats stats_mt.json,stats_kol.json \
+Usage (the shipped table, rebuilt in docs/fewshot.md's sixth pass; the exact loop is in "Rebuild the table"):
+  python benchmarks/fewshot_transfer.py ../shared/data/magnetic_tile --detectors fewshot,dictionary,inp,reference \
+      --shots 1,4,2,8 --seeds 0,1 --normals 60 --eval-shots 1,4 --eval 40 --stats stats_mt.json --out /tmp/t_mt.json
+      # and the same for ../shared/data/kolektorsdd (stats_kol.json) and demo (stats_demo.json)
+  python benchmarks/fewshot_transfer.py --detectors fewshot,dictionary,inp,reference \
+      --from-stats stats_mt.json,stats_kol.json,stats_demo.json \
       --out normalcy/calibration/data/fewshot_transfer.json    # prints the leave-one-dataset-out FPR/TPR
-(`demo` as a data argument is written first with `normalcy demo`'s generator when missing: tiles and fabric.)
+(`demo` as a data argument is written first with `normalcy demo`'s generator when missing: tiles and fabric, under
+~/.cache/normalcy/zeroshot/demo as `train_zeroshot_head.py --demo` does.)
 
 For every category, k in --shots and seed: k references are drawn from train/good (`sample_references`), the
 detector is fitted on them (no calibration, no transfer) and `--normals` other train/good images (a fixed seeded
 set, never a reference) are scored; the statistic `map_statistic` of each map is one normal sample for k. Test
 images are never used, so a dataset's test FPR measured with a table built from the *other* datasets
-(leave-one-dataset-out, `--exclude`) is an honest estimate of the transfer.
+(leave-one-dataset-out, printed for every category with test images) is an honest estimate of the transfer.
+Each category is one source of the table; `--rule max` (default) decides with the largest per-source p-value,
+times `--p-factor` (default 2), see normalcy/calibration/transfer.py; `--rule pool --p-factor 1` is the old rule.
 """
 
 from __future__ import annotations
@@ -74,22 +79,34 @@ def category_statistics(category: Path, name: str, shots: list[int], seeds: list
     return out
 
 
-def realized_rates(stats: dict[str, dict[str, dict]], name: str, alphas: tuple[float, ...] = (0.05, 0.01)) -> None:
+def source_table(stats: dict[str, dict[str, dict]], name: str, rule: str, p_factor: float = 1.0) -> TransferTable:
+    """The transfer table of categories' normal statistics: one source per category, decided by `rule`."""
+    sources = {c: {int(k): np.asarray(v, dtype=np.float64) for k, v in st["normal"].items()}
+               for c, st in stats.items()}
+    for c, per in sources.items():  # under "max" one small source caps every p-value from below
+        small = [k for k, v in per.items() if rule == "max" and v.size + 1 < p_factor / 0.05]
+        if small:
+            print(f"[transfer] warning: {name} source {c} has too few normals at k={small} to reach alpha 0.05 "
+                  f"(needs {p_factor / 0.05 - 1:.0f}); the max rule cannot flag there", flush=True)
+    return TransferTable(name, {}, {}, sources, rule, p_factor)
+
+
+def realized_rates(stats: dict[str, dict[str, dict]], name: str, rule: str = "max", p_factor: float = 1.0,
+                   alphas: tuple[float, ...] = (0.05, 0.01)) -> None:
     """Leave-one-dataset-out: each category's test FPR/TPR with a table built from the other categories only."""
     for target, own in stats.items():
-        others = [v["normal"] for c, v in stats.items() if c != target]
+        others = {c: v for c, v in stats.items() if c != target}
         if not others or not own["test_good"]:
             continue
-        pooled = {int(k): np.concatenate([o[k] for o in others if k in o]) for k in own["normal"]
-                  if any(k in o for o in others)}
-        table = TransferTable(name, pooled)
+        table = source_table(others, name, rule, p_factor)
         for k, runs in own["test_good"].items():
             for alpha in alphas:
                 fpr = [float((table.p_values(np.array(z), int(k)) <= alpha).mean()) for z in runs]
                 tpr = [float((table.p_values(np.array(z), int(k)) <= alpha).mean()) for z in own["test_bad"][k]]
                 print(f"[transfer] {target} {name} k={k} alpha={alpha}: realized FPR {np.mean(fpr):.3f} ± "
                       f"{np.std(fpr):.3f}, TPR {np.mean(tpr):.3f} ({len(runs)} seeds, {len(runs[0])} good, "
-                      f"{len(own['test_bad'][k][0])} defective; table from {len(others)} other categories)")
+                      f"{len(own['test_bad'][k][0])} defective; table from {len(others)} other categories, "
+                      f"rule {rule}, p_factor {p_factor:g})")
 
 
 def main() -> None:
@@ -106,6 +123,10 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="detector parameter (repeatable), e.g. prior=builtin for the fused few-shot table")
     ap.add_argument("--from-stats", help="comma-separated --stats files to merge (no scoring; data is ignored)")
+    ap.add_argument("--rule", default="max", choices=["max", "pool"],
+                    help="max: largest per-source p-value (default); pool: one p-value from all sources' normals")
+    ap.add_argument("--p-factor", type=float, default=2.0,
+                    help="safety factor on the p-value (2: each source must give p <= alpha / 2; 1: none)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from normalcy.apps.cli.common import parse_param
@@ -119,8 +140,8 @@ def main() -> None:
         if d == "demo":
             from normalcy.data.synthetic import make_demo_dataset
 
-            root = Path("demo")
-            if not root.exists():
+            root = Path("~/.cache/normalcy/zeroshot/demo").expanduser()  # shared with train_zeroshot_head.py --demo
+            if not (root / "fabric").is_dir():
                 make_demo_dataset(root, seed=0)
             d = str(root)
         cats += find_categories(d)
@@ -133,11 +154,7 @@ def main() -> None:
             for det_name, per in json.loads(Path(f).read_text()).items():
                 merged.setdefault(det_name, {}).update(per)
     for name in args.detectors.split(","):
-        pooled: dict[int, list[float]] = {}
         per_cat = merged.get(name, {})
-        for st in per_cat.values():
-            for k, v in st["normal"].items():
-                pooled.setdefault(int(k), []).extend(v)
         for c in cats if not args.from_stats else []:
             key = f"{c.parent.name}/{c.name}"
 
@@ -147,18 +164,18 @@ def main() -> None:
 
             st = category_statistics(c, name, shots, seeds, args.normals, params, eval_shots, args.eval, save)
             per_cat[key] = st
-            for k, v in st["normal"].items():
-                pooled.setdefault(k, []).extend(v)
-        realized_rates(per_cat, name)
+        realized_rates(per_cat, name, args.rule, args.p_factor)
         kept[name] = per_cat
         if args.stats:
             Path(args.stats).write_text(json.dumps(kept))
-        tables.append(TransferTable(name, {k: np.array(v) for k, v in pooled.items()},
-                                    {"n_per_k": {str(k): len(v) for k, v in pooled.items()}}))
+        table = source_table(per_cat, name, args.rule, args.p_factor)
+        table.meta = {"n_per_k": {str(k): int(v.size) for k, v in table.normals.items()}}
+        tables.append(table)
     command = "python " + " ".join(shlex.quote(",".join(Path(p).name if Path(p).is_absolute() else p
                                                          for p in a.split(","))) for a in sys.argv)
     save_tables(tables, args.out, meta={"command": command, "categories": sorted(per_cat),
                                         "statistic": "map_statistic: (max over centre - median) / MAD",
+                                        "rule": args.rule, "p_factor": args.p_factor,
                                         "seconds": round(time.time() - t0)})
     print(f"[transfer] wrote {args.out} ({time.time() - t0:.0f} s)")
 

@@ -27,7 +27,8 @@ from ablate_image import AllBankOnlyPatchCore, AllGaussianOnlyPatchCore  # noqa:
 
 VARIANTS = {"default": (PatchCore, {}), "refit": (PatchCore, {"refit_holdout": True}),
             "crossfit": (PatchCore, {"crossfit": True}), "bank-only": (AllBankOnlyPatchCore, {}),
-            "gauss-only": (AllGaussianOnlyPatchCore, {})}
+            "gauss-only": (AllGaussianOnlyPatchCore, {}), "lw": (PatchCore, {"position_shrinkage": "identity"}),
+            "refit+lw": (PatchCore, {"refit_holdout": True, "position_shrinkage": "identity"})}
 NN_ALONE = (0.0, 1.0, 0.0, 1e30)  # normalizers that silence the position term
 POSITION_ALONE = (0.0, 1e30, 0.0, 1.0)  # ... and the NN term
 

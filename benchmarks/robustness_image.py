@@ -225,7 +225,12 @@ def demo(variants: list[str], out: Path, seeds: tuple[int, ...] = (0,)) -> list:
               "lite2": {"backbone": "efficientnet_lite2"}, "hflip": {"test_views": ("identity", "hflip")},
               "hvflip": {"test_views": ("identity", "hflip", "vflip")}, "refit": {"refit_holdout": True},
               "norefit": {"refit_holdout": False}, "context": {"context": True},
-              "crossfit": {"crossfit": True},
+              "crossfit": {"crossfit": True}, "lw": {"position_shrinkage": "identity"},
+              "nolw": {"position_shrinkage": None},
+              "lwpool": {"position_shrinkage": "pooled"}, "nb3": {"position_neighbourhood": 3},
+              "nb3+lw": {"position_neighbourhood": 3, "position_shrinkage": "identity"},
+              "nb3+lwpool": {"position_neighbourhood": 3, "position_shrinkage": "pooled"},
+              "refit+lw": {"refit_holdout": True, "position_shrinkage": "identity"},
               "lite2+context": {"backbone": "efficientnet_lite2", "context": True}}  # the default: intensity="gain"
     rows = []
     for seed in seeds:

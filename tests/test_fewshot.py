@@ -274,3 +274,28 @@ def test_top_fraction_takes_a_share_of_each_images_scored_cells():
     assert float(s[1]) == pytest.approx((13 + 12) / 2)  # 10 % of its 18 scored cells: 2
     with pytest.raises(ParameterError, match="top_fraction"):
         create_detector("fewshot", top_fraction=1.0, **SMALL).image_scores(maps, valid)
+
+
+def test_window_distances_match_a_brute_force_search():
+    """The reference detector's window search: per query cell, the nearest valid reference cell within ±window."""
+    import torch
+
+    from normalcy.detectors.image.reference import window_distances
+
+    g = torch.Generator().manual_seed(0)
+    q, refs = torch.randn(2, 5, 6, 7, generator=g), torch.randn(2, 3, 5, 6, 7, generator=g)
+    valid = torch.rand(2, 3, 6, 7, generator=g) > 0.2
+    got = window_distances(q, refs, valid, window=1)
+    want = torch.full((2, 3, 6, 7), float("inf"))
+    for b in range(2):
+        for k in range(3):
+            for y in range(6):
+                for x in range(7):
+                    for yy in range(max(0, y - 1), min(6, y + 2)):
+                        for xx in range(max(0, x - 1), min(7, x + 2)):
+                            if valid[b, k, yy, xx]:
+                                d = (q[b, :, y, x] - refs[b, k, :, yy, xx]).norm()
+                                want[b, k, y, x] = torch.minimum(want[b, k, y, x], d)
+    found = torch.isfinite(want)
+    assert found.any() and torch.allclose(got[found], want[found], atol=1e-4)
+    assert (got[~found] > 100).all()  # no valid cell in the window: a far distance, never a match

@@ -48,9 +48,54 @@ def test_table_p_values_threshold_and_nearest_k(tmp_path):
         load_table("fewshot", tmp_path / "missing.json")
 
 
-def _table_from(normal_images, tmp_path):
-    """A table learned the way the shipped one is: few-shot fitted on k normals, statistics of other normals."""
-    normals = {}
+def test_max_rule_is_as_strict_as_the_strictest_source(tmp_path):
+    easy, hard = np.arange(1, 40) / 4.0, np.arange(1, 40).astype(float)  # an easy source cannot loosen the rule
+    table = TransferTable("fewshot", {}, sources={"easy": {1: easy}, "hard": {1: hard}}, rule="max")
+    pooled = TransferTable("fewshot", {1: np.concatenate([easy, hard])})
+    np.testing.assert_allclose(table.normals[1], pooled.normals[1])  # pooled statistics follow from the sources
+    z = np.array([5.0, 20.0, 38.5, 100.0])
+    np.testing.assert_allclose(table.p_values(z, 1), np.maximum(TransferTable("h", {1: hard}).p_values(z, 1),
+                                                                TransferTable("e", {1: easy}).p_values(z, 1)))
+    t = table.threshold(0.05, 1)
+    assert t == TransferTable("h", {1: hard}).threshold(0.05, 1) > pooled.threshold(0.05, 1)
+    assert (table.p_values(np.array([t + 1e-9]), 1) <= 0.05).all() and (table.p_values(np.array([t]), 1) > 0.05).all()
+    assert table.threshold(0.01, 1) == np.inf  # 39 normals per source cannot reach 0.01, whatever the pool holds
+    back = load_table("fewshot", save_tables([table], tmp_path / "t.json"))
+    assert back.rule == "max" and set(back.sources) == {"easy", "hard"}
+    np.testing.assert_allclose(back.p_values(z, 1), table.p_values(z, 1))
+    with pytest.raises(ParameterError, match="per-source"):
+        TransferTable("fewshot", {1: hard}, rule="max")
+    with pytest.raises(ParameterError, match="rule"):
+        TransferTable("fewshot", {1: hard}, rule="mean")
+
+
+def test_p_factor_asks_every_source_for_alpha_over_the_factor(tmp_path):
+    sources = {"a": {1: np.arange(1, 200).astype(float)}, "b": {1: np.arange(1, 200) / 2.0}}
+    plain = TransferTable("fewshot", {}, sources=sources, rule="max")
+    safe = TransferTable("fewshot", {}, sources=sources, rule="max", p_factor=2.0)
+    z = np.array([0.0, 150.0, 196.0, 500.0])
+    np.testing.assert_allclose(safe.p_values(z, 1), np.minimum(1.0, 2 * plain.p_values(z, 1)))
+    assert safe.threshold(0.05, 1) == plain.threshold(0.025, 1) > plain.threshold(0.05, 1)
+    t = safe.threshold(0.05, 1)
+    assert (safe.p_values(np.array([t + 1e-9]), 1) <= 0.05).all() and (safe.p_values(np.array([t]), 1) > 0.05).all()
+    assert load_table("fewshot", save_tables([safe], tmp_path / "t.json")).p_factor == 2.0
+    with pytest.raises(ParameterError, match="p_factor"):
+        TransferTable("fewshot", {}, sources=sources, rule="max", p_factor=0.5)
+
+
+def test_tables_without_sources_load_pooled(tmp_path):
+    old = {"format": "normalcy-transfer-v1", "meta": {}, "tables": [{"detector": "fewshot", "meta": {},
+                                                                    "normals": {"1": [1.0, 2.0, 3.0]}}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    table = load_table("fewshot", tmp_path / "old.json")
+    assert table.rule == "pool" and not table.sources and table.p_factor == 1.0
+    assert table.p_values(np.array([2.5]), 1)[0] == pytest.approx(2 / 4)
+
+
+def _table_from(normal_images, tmp_path, rule="pool"):
+    """A table learned the way the shipped one is: few-shot fitted on k normals, statistics of other normals
+    (rule "max": two overlapping sources of seeds, standing in for two auxiliary datasets)."""
+    normals, per_seed = {}, {}
     for k in (1, 2):
         stats = []
         for seed in range(3):
@@ -59,14 +104,19 @@ def _table_from(normal_images, tmp_path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 det.fit(refs)
-            stats += [map_statistic(m, det.border) for m in det.score(normal_images[6:]).maps]
+            per_seed[k, seed] = [map_statistic(m, det.border) for m in det.score(normal_images[6:]).maps]
+            stats += per_seed[k, seed]
         normals[k] = np.array(stats)
-    return save_tables([TransferTable("fewshot", normals)], tmp_path / "table.json")
+    sources = {f"s{a}{b}": {k: np.array(per_seed[k, a] + per_seed[k, b]) for k in (1, 2)} for a, b in ((0, 1), (1, 2))}
+    table = TransferTable("fewshot", normals) if rule == "pool" else TransferTable("fewshot", {}, sources=sources,
+                                                                                   rule=rule)
+    return save_tables([table], tmp_path / "table.json")
 
 
-def test_one_reference_decides_with_the_transfer_table(normal_images, test_images, tmp_path):
+@pytest.mark.parametrize("rule", ["pool", "max"])
+def test_one_reference_decides_with_the_transfer_table(normal_images, test_images, tmp_path, rule):
     images, labels = test_images
-    path = _table_from(normal_images, tmp_path)
+    path = _table_from(normal_images, tmp_path, rule)
     with pytest.warns(UserWarning, match="transfer"):
         det = create_detector("fewshot", **SMALL, transfer_table=str(path)).fit(normal_images[:1])
     preds = det.predict(images, alpha=0.1)

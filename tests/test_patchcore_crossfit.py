@@ -49,7 +49,7 @@ def test_crossfit_normalizers_come_from_images_outside_the_bank_that_scored_them
         bank = out.permute(0, 2, 3, 1)[valid[folds != k]]
         q = inside.permute(0, 2, 3, 1)
         nn = torch.cdist(q.reshape(-1, q.shape[-1]), bank).min(1).values.view(q.shape[:3])
-        pos = position_distances(inside, chans, *fit_position_gaussian([out], chans, 0.01))
+        pos = position_distances(inside, chans, *fit_position_gaussian([out], chans, 0.01, det.position_shrinkage))
         cells.append((nn[valid[folds == k]], pos[valid[folds == k]]))
     assert torch.allclose(det._fusion, fusion_stats(cells), rtol=1e-3)
     assert float(det._fusion[0]) > 0.5  # the scored images were not in the bank (their own patches are at 0)

@@ -105,11 +105,16 @@ class PatchCore(ImageDetector):
     `crossfit=True` builds the bank and the Gaussian from every fit image and measures the normalizers by
     cross-fitting: round(1/holdout) folds, each scored against a bank and Gaussian built from the other folds
     (docs/design.md, "Fifth pass"; one coreset run per fold more at fit time; it supersedes `refit_holdout`).
+    `position_shrinkage="identity"` (default) shrinks each position's covariance by its Ledoit–Wolf intensity toward
+    a scaled identity ("pooled": toward the covariance pooled over positions; None: the plain estimate, as model
+    files saved before it); `position_neighbourhood=3` fits each position on its 3×3 neighbours' samples
+    (padim.fit_position_gaussian). Shrinkage ties the plain estimate on the full real sets and is better with few
+    fit images and on the demo (docs/design.md, "Sixth pass"); the neighbourhood is off.
     """
 
     name = "patchcore"
     # files saved before `intensity` existed were fitted on raw images: they load with intensity=None
-    OLD_FILE_PARAMS = {"intensity": None}
+    OLD_FILE_PARAMS = {"intensity": None, "position_shrinkage": None}
     # which term test_views average: "nn" (the position-free NN distance; the position term is the identity view's,
     # since flipped content is not where the Gaussian expects it) or "fused" (each view's fused map: lower in the
     # fourth pass's screen, kept for benchmarks/ablate_image.py)
@@ -127,6 +132,8 @@ class PatchCore(ImageDetector):
         standardize: bool = True,
         positional: bool = True,
         position_features: int = 100,
+        position_shrinkage: str | None = "identity",
+        position_neighbourhood: int = 1,
         context: bool = False,
         holdout: float = 0.2,
         refit_holdout: bool = False,
@@ -218,7 +225,7 @@ class PatchCore(ImageDetector):
         if len(fit_items) >= 2:  # the Gaussians live in the same (standardized) space as the bank
             std = self._standardized
             chans = random_channels(self._main_width(patches.shape[1]), self.position_features, self.seed)
-            self._position = (chans, *fit_position_gaussian((std(f) for f, _ in batches), chans, 0.01))
+            self._position = (chans, *self._position_gaussian((std(f) for f, _ in batches), chans))
             if given is not None or getattr(self, "_auto_modes", self.modes == "auto"):
                 self._modes = self._fit_modes([(std(f), v) for f, v in batches], chans, given)
         self._context = self._fit_context(batches) if self.context else None
@@ -241,7 +248,7 @@ class PatchCore(ImageDetector):
         more = [(self._standardized(f), v) for f, _, v in self.iter_features(held, "held-out normals")]
         chans = self._position[0]
         fit_std = (self._standardized(f) for f, _ in batches)
-        self._position = (chans, *fit_position_gaussian((*fit_std, *(f for f, _ in more)), chans, 0.01))
+        self._position = (chans, *self._position_gaussian((*fit_std, *(f for f, _ in more)), chans))
         self._coreset_bank(torch.cat([patches, *(f.permute(0, 2, 3, 1)[v] for f, v in more)]))
 
     def _crossfit(self, items: list) -> None:
@@ -262,7 +269,7 @@ class PatchCore(ImageDetector):
         for k in range(int(folds.max()) + 1):
             cells += self._fold_cells(batches, patches, folds == k, chans)
         self._fusion = fusion_stats(cells)
-        self._position = (chans, *fit_position_gaussian((self._standardized(f) for f, _ in batches), chans, 0.01))
+        self._position = (chans, *self._position_gaussian((self._standardized(f) for f, _ in batches), chans))
         self._coreset_bank(patches)
 
     def _fold_cells(self, batches: list, patches: torch.Tensor, inside: torch.Tensor,
@@ -273,9 +280,14 @@ class PatchCore(ImageDetector):
         sizes = np.cumsum([0] + [f.shape[0] for f, _ in batches])
         picks = [((f, v), inside[a:b]) for (f, v), a, b in zip(batches, sizes, sizes[1:])]
         rest = (self._standardized(f[~m]) for (f, _), m in picks if (~m).any())
-        self._position = (chans, *fit_position_gaussian(rest, chans, 0.01))
+        self._position = (chans, *self._position_gaussian(rest, chans))
         self._coreset_bank(patches[~rows])
         return [self._term_cells(f[m], v[m]) for (f, v), m in picks if m.any()]
+
+    def _position_gaussian(self, batches: Any, chans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-position Gaussian (mean, precision) of these standardized feature batches, ridge 0.01, with the
+        `position_shrinkage` and `position_neighbourhood` settings (padim.fit_position_gaussian)."""
+        return fit_position_gaussian(batches, chans, 0.01, self.position_shrinkage, self.position_neighbourhood)
 
     def _standardized(self, feats: torch.Tensor) -> torch.Tensor:
         """B×C×h×w features in the bank's space: standardized per channel when `standardize` fitted statistics."""
@@ -350,7 +362,7 @@ class PatchCore(ImageDetector):
         means, precisions = [], []
         for k in range(len(groups.centers)):
             pick = [(f, torch.from_numpy(mode_of[a:b] == k)) for (f, _), a, b in zip(batches, sizes, sizes[1:])]
-            mean, precision = fit_position_gaussian((f[m] for f, m in pick if m.any()), chans, 0.01)
+            mean, precision = self._position_gaussian((f[m] for f, m in pick if m.any()), chans)
             means.append(mean)
             precisions.append(precision)
         empty = torch.zeros(len(means), 4, dtype=torch.float64)  # the normalizers come from the held-out images
