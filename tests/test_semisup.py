@@ -52,7 +52,7 @@ def test_labelled_anomalies_beat_normal_only(case, fitted):
     base = PatchCore(**SMALL).fit(normals).score(test)
     semi = fitted.score(test)
     assert fitted.head_ is not None and fitted.n_labelled_ == 3
-    assert auroc(labels, semi.scores) >= auroc(labels, base.scores) + 0.2
+    assert auroc(labels, semi.scores) >= auroc(labels, base.scores) + 0.15  # base: 0.83 with the shrunk Gaussian
     assert pixel_auroc(masks, semi.maps) > pixel_auroc(masks, base.maps)
 
 
