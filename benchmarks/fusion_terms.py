@@ -28,7 +28,10 @@ from ablate_image import AllBankOnlyPatchCore, AllGaussianOnlyPatchCore  # noqa:
 VARIANTS = {"default": (PatchCore, {}), "refit": (PatchCore, {"refit_holdout": True}),
             "crossfit": (PatchCore, {"crossfit": True}), "bank-only": (AllBankOnlyPatchCore, {}),
             "gauss-only": (AllGaussianOnlyPatchCore, {}), "lw": (PatchCore, {"position_shrinkage": "identity"}),
-            "refit+lw": (PatchCore, {"refit_holdout": True, "position_shrinkage": "identity"})}
+            "refit+lw": (PatchCore, {"refit_holdout": True, "position_shrinkage": "identity"}),
+            # the plain (unshrunk) Gaussian: the default before the sixth pass, the fifth pass's "default" / "refit"
+            "nolw": (PatchCore, {"position_shrinkage": None}),
+            "refit+nolw": (PatchCore, {"refit_holdout": True, "position_shrinkage": None})}
 NN_ALONE = (0.0, 1.0, 0.0, 1e30)  # normalizers that silence the position term
 POSITION_ALONE = (0.0, 1e30, 0.0, 1.0)  # ... and the NN term
 
