@@ -38,8 +38,9 @@ from normalcy.data import as_rgb_array, load_mvtec
 from normalcy.detectors.image.common import CachedFeatures, masked_max
 from normalcy.detectors.image.intensity import GainNormalized
 from normalcy.detectors.image.padim import fit_position_gaussian, position_distances, random_channels
-from normalcy.detectors.image.patchcore import PatchCore, split_holdout
+from normalcy.detectors.image.patchcore import PatchCore, mean_spread, split_holdout
 from normalcy.detectors.image.search import greedy_coreset, nearest_neighbors
+from normalcy.detectors.image.zeroshot import local_mean
 from normalcy.features.preprocess import Placement, prepare_batch, restore_maps, valid_grid
 from normalcy.features.standardize import ChannelStats
 
@@ -58,10 +59,7 @@ TermBatch = tuple[list[int], torch.Tensor, torch.Tensor, dict[str, torch.Tensor]
 # ---- stage cache ----------------------------------------------------------------------------------------------
 def aggregate(f: torch.Tensor, k: int = 3) -> torch.Tensor:
     """k×k average with replicate padding: the extractor's local aggregation, on one stage."""
-    if k == 1:
-        return f
-    p = k // 2
-    return F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), k, stride=1)
+    return f if k == 1 else local_mean(f, k)
 
 
 def patch_features(stages: Stages, k: int = 3) -> torch.Tensor:
@@ -243,9 +241,9 @@ def fused_map(var: str, znn: torch.Tensor, zpos: torch.Tensor, zc: dict[str, tor
 
 
 def zstats(values: list[torch.Tensor]) -> tuple[float, float]:
-    """Mean and standard deviation of the pooled values."""
-    a = torch.cat(values).double()
-    return float(a.mean()), float(a.std())
+    """Mean and standard deviation of the pooled values (PatchCore's normalizer)."""
+    mu, sd = mean_spread(values).tolist()
+    return mu, sd
 
 
 # ---- one set -------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from fewshot_screen import build_cache, features, pool_fine, top_mean
 
 from normalcy import metrics
 from normalcy.detectors.image.fewshot import FewShot, aggregate_stages
+from normalcy.detectors.image.reference import window_distances
 from normalcy.detectors.image.search import greedy_coreset, nearest_neighbors
 from normalcy.features.standardize import ChannelStats
 
@@ -77,18 +78,8 @@ def ref_views(cache: dict, k: int, seed: int, fine: str, aggregate: int) -> Refs
 
 def window_min(q: torch.Tensor, refs: torch.Tensor, valid: torch.Tensor, window: int) -> torch.Tensor:
     """Distance of each query cell (q: C×h×w) to the nearest valid cell of any view (refs: V×C×h×w) within
-    ±window cells: h×w (the reference detector's window_distances, elementwise instead of einsum)."""
-    far = 1e6
-    r_sq = refs.pow(2).sum(1).masked_fill(~valid, far)
-    rp = F.pad(refs, (window,) * 4)
-    sp = F.pad(r_sq, (window,) * 4, value=far)
-    h, w = q.shape[-2:]
-    best = torch.full((h, w), float("inf"))
-    for dy in range(2 * window + 1):
-        for dx in range(2 * window + 1):
-            dot = (rp[:, :, dy : dy + h, dx : dx + w] * q).sum(1)
-            torch.minimum(best, (sp[:, dy : dy + h, dx : dx + w] - 2.0 * dot).min(0).values, out=best)
-    return (best + q.pow(2).sum(0)).clamp_(min=0).sqrt_()
+    ±window cells: h×w (the reference detector's window search, min over the views)."""
+    return window_distances(q[None], refs[None], valid[None], window)[0].min(0).values
 
 
 def positional(q: torch.Tensor, refs: Refs, stats: ChannelStats | None, window: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from normalcy.calibration.conformal import conformal_p_values, score_threshold
 from normalcy.errors import ModelFileError, ParameterError
 
 MIN_CONFORMAL = 20  # below this many normal images, decisions use the transfer table
@@ -98,11 +99,12 @@ class TransferTable:
         """Upper-tail p-values (1 + #{aux normals >= z}) / (n + 1) of `stats` for k references (max over sources),
         times `p_factor` (capped at 1)."""
         z = np.asarray(stats, dtype=np.float64)
-        return np.minimum(1.0, self.p_factor * np.max([_upper_p(ref, z) for ref in self._references(k)], axis=0))
+        p = np.max([conformal_p_values(ref, z) for ref in self._references(k)], axis=0)
+        return np.minimum(1.0, self.p_factor * p)
 
     def threshold(self, alpha: float, k: int) -> float:
         """The statistic above which p <= alpha (inf when a source is too small to reach alpha / p_factor)."""
-        return max(_upper_threshold(ref, alpha / self.p_factor) for ref in self._references(k))
+        return max(score_threshold(ref, alpha / self.p_factor) for ref in self._references(k))
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"detector": self.detector,
@@ -114,20 +116,6 @@ class TransferTable:
             doc["sources"] = {name: {str(k): v.round(5).tolist() for k, v in per.items()}
                               for name, per in self.sources.items()}
         return doc
-
-
-def _upper_p(ref: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """(1 + #{ref >= z}) / (n + 1) for sorted `ref`: the conformal-style upper-tail p-value."""
-    n_ge = ref.size - np.searchsorted(ref, z, side="left")
-    return (1.0 + n_ge) / (ref.size + 1.0)
-
-
-def _upper_threshold(ref: np.ndarray, alpha: float) -> float:
-    """The value of sorted `ref` above which `_upper_p` <= alpha (inf when n + 1 < 1 / alpha)."""
-    allowed = math.floor(alpha * (ref.size + 1) + 1e-9) - 1
-    if allowed < 0:
-        return math.inf
-    return float(ref[::-1][min(allowed, ref.size - 1)])
 
 
 def save_tables(tables: list[TransferTable], path: str | Path, meta: dict[str, Any] | None = None) -> Path:

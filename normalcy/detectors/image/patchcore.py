@@ -75,13 +75,15 @@ def crossfit_folds(n: int, fraction: float, seed: int) -> np.ndarray:
     return folds
 
 
+def mean_spread(values: list[torch.Tensor]) -> torch.Tensor:
+    """[μ, σ] (float64) of the pooled values of normal images' cells: a term's z-score normalizer (σ floored)."""
+    a = torch.cat(values).double()
+    return torch.stack([a.mean(), a.std().clamp(min=1e-12)])
+
+
 def fusion_stats(cells: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """[μ_nn, σ_nn, μ_pos, σ_pos] over (NN distance, position distance) cells of normal images, pooled."""
-    a = torch.cat([nn for nn, _ in cells]).double()
-    b = torch.cat([pos for _, pos in cells]).double()
-    floor = 1e-12
-    return torch.tensor([a.mean(), a.std().clamp(min=floor), b.mean(), b.std().clamp(min=floor)],
-                        dtype=torch.float64)
+    return torch.cat([mean_spread([nn for nn, _ in cells]), mean_spread([pos for _, pos in cells])])
 
 
 class PatchCore(ImageDetector):
@@ -556,8 +558,7 @@ class PatchCore(ImageDetector):
     def _context_norms(self, held: list) -> torch.Tensor:
         """Mean and spread of the context distance over the held-out normal images' valid cells: [μ, σ]."""
         loop = self.iter_features(held, "held-out normals")
-        a = torch.cat([self._context_distances(self._standardized(f))[v] for f, _, v in loop]).double()
-        return torch.stack([a.mean(), a.std().clamp(min=1e-12)])
+        return mean_spread([self._context_distances(self._standardized(f))[v] for f, _, v in loop])
 
     def _with_context(self, maps: torch.Tensor, searched: torch.Tensor) -> torch.Tensor:
         """The fused map plus the z-scored context term, when fitted (the map only: the image score keeps the
